@@ -1,0 +1,135 @@
+"""Parameter schemas (pydantic), validated when the Kedro context is created.
+
+Each top-level section of ``conf/<env>/parameters*.yml`` has a model here; unknown keys are
+errors, so a typo cannot silently fall back to a default. ``validate_parameters`` raises a
+``ValueError`` whose message names every wrong key as a dotted path (``base_model.unet.steps``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+NonNegativeInt = Field(ge=0)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeParams(_Section):
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = one per core")
+    hf_hub_offline: bool = True
+
+
+class WorldParams(_Section):
+    seed: int = 0
+    resolution: PositiveInt = 32
+    validation_share: float = Field(0.1, gt=0, lt=1)
+    test_share: float = Field(0.1, gt=0, lt=1)
+    max_train_prompts: int | None = Field(None, ge=2, description="cap for reduced-size runs")
+
+    @model_validator(mode="after")
+    def _shares_leave_training_data(self) -> WorldParams:
+        if self.validation_share + self.test_share >= 1:
+            raise ValueError("validation_share + test_share must be below 1")
+        return self
+
+
+class ModelSizeParams(_Section):
+    vae_channels: tuple[PositiveInt, ...] = (32, 64)
+    unet_channels: tuple[PositiveInt, ...] = (32, 64, 64)
+    attention_heads: PositiveInt = 4
+    text_hidden_size: PositiveInt = 32
+    text_layers: PositiveInt = 5
+    max_length: PositiveInt = 16
+    tokenizer_vocab_size: PositiveInt = 600
+
+
+class VAETrainingParams(_Section):
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-3
+    kl_weight: float = Field(1e-6, ge=0)
+
+
+class UNetTrainingParams(_Section):
+    steps: PositiveInt = 600
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-3
+    warmup_steps: int = Field(200, ge=0)
+    grad_clip: PositiveFloat = 1.0
+    ema_decay: float = Field(0.995, ge=0, lt=1)
+    caption_dropout: float = Field(0.1, ge=0, lt=1)
+    offset_noise: float = Field(0.1, ge=0)
+    renders_per_prompt: PositiveInt = 8
+
+
+class SamplingParams(_Section):
+    steps: PositiveInt = 20
+    guidance_scale: PositiveFloat = 5.0
+    batch_size: PositiveInt = 64
+
+
+class BaseModelParams(_Section):
+    seed: int = 0
+    size: ModelSizeParams = ModelSizeParams()
+    vae: VAETrainingParams = VAETrainingParams()
+    unet: UNetTrainingParams = UNetTrainingParams()
+    evaluation: SamplingParams = SamplingParams()
+    evaluation_seeds_per_prompt: PositiveInt = 1
+
+
+class PairsParams(_Section):
+    seed: int = 0
+    pairs_per_prompt: PositiveInt = 1
+    guidance_scales: tuple[PositiveFloat, ...] = Field((2.0, 4.0, 7.0), min_length=1)
+    steps: PositiveInt = 20
+    batch_size: PositiveInt = 64
+    rows_per_shard: PositiveInt = 256
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class AnnotatorParams(_Section):
+    seed: int = 0
+    population_size: PositiveInt = 40
+    weight_concentration: PositiveFloat = 8.0
+    taste_scale: float = Field(0.15, ge=0)
+    rationality_median: PositiveFloat = 12.0
+    max_tie_margin: float = Field(0.04, ge=0)
+    zipf_exponent: float = Field(1.1, ge=0)
+
+
+class ProjectParams(_Section):
+    runtime: RuntimeParams = RuntimeParams()
+    world: WorldParams = WorldParams()
+    base_model: BaseModelParams = BaseModelParams()
+    pairs: PairsParams = PairsParams()
+    annotators: AnnotatorParams = AnnotatorParams()
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<parameters>"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown parameter (not in the schema of smpo_pipeline.params)"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_parameters(params: dict[str, Any]) -> ProjectParams:
+    """All parameters, validated; ``ValueError`` naming each wrong key otherwise."""
+    try:
+        return ProjectParams.model_validate(params)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ValueError(f"Invalid parameters in conf/ ({exc.error_count()}):\n  {lines}") from None
+
+
+def section(params: dict[str, Any], model: type[_Section]) -> _Section:
+    """One section (what a node receives as ``params:<name>``), validated the same way."""
+    name = next(k for k, f in ProjectParams.model_fields.items() if f.annotation is model)
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe({**e, "loc": (name, *e["loc"])}) for e in exc.errors())
+        raise ValueError(f"Invalid parameters ({exc.error_count()}):\n  {lines}") from None

@@ -1,0 +1,53 @@
+"""The environment the project sets for itself, so a user sets nothing.
+
+- Telemetry and analytics off for Kedro, DVC, Great Expectations and the HF hub.
+- ``HF_HUB_OFFLINE=1``: the embedded default never downloads. The ``sdxl`` environment turns it
+  off through the ``runtime.hf_hub_offline`` parameter (see ``hooks.py``) so a user's own access
+  to SDXL weights keeps working. A value the user exported wins over both.
+- DeepSpeed's JIT-compiled ops are cached inside the project (``TORCH_EXTENSIONS_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ENVIRONMENT: dict[str, str] = {
+    "KEDRO_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+# Keys the user had exported before the project first set its own: those are never overridden.
+USER_SET: set[str] = set()
+_applied = False
+
+
+def apply_project_environment(project_root: Path | None = None) -> None:
+    global _applied
+    if not _applied:
+        USER_SET.update(k for k in PROJECT_ENVIRONMENT if k in os.environ)
+        _applied = True
+    for key, value in PROJECT_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    root = project_root or Path.cwd()
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / "data" / "cache" / "torch_extensions"))
+
+
+def set_hf_hub_offline(offline: bool) -> None:
+    """Per-environment hub access (``runtime.hf_hub_offline``), unless the user exported it."""
+    if "HF_HUB_OFFLINE" not in USER_SET:
+        os.environ["HF_HUB_OFFLINE"] = "1" if offline else "0"
+
+
+def set_torch_threads(num_threads: int | None) -> None:
+    """Use ``num_threads`` intra-op threads (``None``/0: torch's default, one per core)."""
+    import torch
+
+    if num_threads:
+        torch.set_num_threads(int(num_threads))

@@ -1,0 +1,40 @@
+"""Parameters are validated on load and errors name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from smpo_pipeline.params import validate_parameters
+from tests.conftest import PROJECT_ROOT
+
+
+def _base_parameters() -> dict:
+    params: dict = {}
+    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("parameters*.yml")):
+        params |= yaml.safe_load(path.read_text()) or {}
+    return params
+
+
+def test_shipped_parameters_are_valid():
+    parsed = validate_parameters(_base_parameters())
+    assert parsed.base_model.unet.steps > 0 and parsed.runtime.hf_hub_offline
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"base_model": {"unet": {"steps": 0}}}, "base_model.unet.steps: Input should be greater than 0"),
+        ({"world": {"test_share": 0.6, "validation_share": 0.5}}, "world: Value error, validation_share"),
+        ({"pairs": {"guidance_scale": 3}}, "pairs.guidance_scale: unknown parameter"),
+        ({"annotators": {"population_size": "many"}}, "annotators.population_size: Input should be a valid integer"),
+        ({"nonsense": 1}, "nonsense: unknown parameter"),
+    ],
+)
+def test_an_invalid_key_is_named(patch, message):
+    params = _base_parameters()
+    for section, values in patch.items():
+        params[section] = (params.get(section) or {}) | values if isinstance(values, dict) else values
+    with pytest.raises(ValueError, match="Invalid parameters") as error:
+        validate_parameters(params)
+    assert message in str(error.value)

@@ -1,0 +1,124 @@
+"""The shapes world: grammar, renderer, shapes-oracle and the annotator population."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smpo_pipeline.world import grammar
+from smpo_pipeline.world.annotators import TIE, AnnotatorPopulation
+from smpo_pipeline.world.grammar import Composition, all_compositions, parse_prompt, split_compositions
+from smpo_pipeline.world.oracle import ATTRIBUTES, ORACLE_WEIGHTS, oracle_reward, read_image, score_reading
+from smpo_pipeline.world.render import render
+
+
+def test_grammar_has_every_composition_once_and_never_a_background_equal_to_the_color():
+    comps = all_compositions()
+    assert len(comps) == 2 * 8 * 3 * 5 * 7 == len(set(comps))
+    assert all(c.color != c.background for c in comps)
+    assert comps[0].prompt == "a small red circle at the left on a green background" or comps[0].prompt
+
+
+def test_prompt_round_trip_and_clear_errors():
+    for comp in all_compositions()[::97]:
+        assert parse_prompt(comp.prompt) == comp
+    with pytest.raises(ValueError, match="not a shapes-world prompt"):
+        parse_prompt("a photo of a cat")
+    with pytest.raises(ValueError, match="unknown color 'teal'"):
+        parse_prompt("a small teal circle at the left on a red background")
+    with pytest.raises(ValueError, match="both 'red'"):
+        Composition("small", "red", "circle", "left", "red")
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    a, b = split_compositions(0, 0.1, 0.1), split_compositions(0, 0.1, 0.1)
+    assert a == b
+    assert split_compositions(1, 0.1, 0.1)["test"] != a["test"]
+    sets = {k: set(v) for k, v in a.items()}
+    assert not (sets["train"] & sets["test"]) and not (sets["train"] & sets["validation"])
+    assert not (sets["validation"] & sets["test"])
+    assert sum(map(len, sets.values())) == len(all_compositions())
+    assert len(a["test"]) == len(a["validation"]) == 168
+    # Every single attribute value still appears in training: the test is of composition.
+    for attr, values in [("color", grammar.COLORS), ("shape", grammar.SHAPES), ("position", grammar.POSITIONS)]:
+        assert {getattr(c, attr) for c in a["train"]} == set(values)
+
+
+def test_render_is_deterministic_for_a_seed_and_jitter_varies_it():
+    prompt = "a large blue triangle at the top on a yellow background"
+    first = np.asarray(render(prompt, rng=np.random.default_rng(3)))
+    again = np.asarray(render(prompt, rng=np.random.default_rng(3)))
+    other = np.asarray(render(prompt, rng=np.random.default_rng(4)))
+    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert render(prompt, resolution=64).size == (64, 64)
+
+
+def test_oracle_reads_every_attribute_of_jittered_renders():
+    rng = np.random.default_rng(0)
+    comps = all_compositions()
+    for i in rng.choice(len(comps), 200, replace=False):
+        comp = comps[i]
+        detected = read_image(render(comp, rng=rng)).detected
+        assert detected == {a: getattr(comp, a) for a in ATTRIBUTES}, comp.prompt
+
+
+def test_oracle_ranks_the_ideal_render_above_renders_of_every_other_kind_of_prompt():
+    rng = np.random.default_rng(1)
+    comps = all_compositions()
+    for i in rng.choice(len(comps), 60, replace=False):
+        comp = comps[i]
+        ideal = oracle_reward(render(comp), comp)
+        assert ideal > 0.95
+        for j in rng.choice(len(comps), 25, replace=False):
+            if comps[j] != comp:
+                assert ideal > oracle_reward(render(comps[j], rng=rng), comp), (comp.prompt, comps[j].prompt)
+
+
+def test_oracle_scale_and_an_empty_canvas():
+    assert sum(ORACLE_WEIGHTS.values()) == pytest.approx(1.0)
+    blank = np.full((32, 32, 3), grammar.COLORS["green"], dtype=np.uint8)
+    reading = read_image(blank)
+    assert not reading.has_foreground
+    scores = score_reading(reading, "a small red circle at the left on a green background")
+    assert scores["background"] == pytest.approx(1.0) and scores["color"] == scores["shape"] == 0.0
+    assert oracle_reward(blank, "a small red circle at the left on a green background") == pytest.approx(0.15)
+
+
+def _pairs(n, seed):
+    """Pairs of one prompt's ideal render and a render of a prompt differing in one attribute."""
+    rng = np.random.default_rng(seed)
+    comps = all_compositions()
+    out = []
+    for _ in range(n):
+        comp = comps[rng.integers(len(comps))]
+        other = comps[rng.integers(len(comps))]
+        out.append((comp, read_image(render(comp, rng=rng)), read_image(render(other, rng=rng))))
+    return out
+
+
+def test_annotators_vary_tie_sometimes_and_disagree_with_the_oracle_measurably():
+    population = AnnotatorPopulation(size=40, seed=0)
+    assert len({tuple(a.weights.values()) for a in population.annotators}) == 40
+    rng = np.random.default_rng(0)
+    ties = disagree = decided = 0
+    for comp, r0, r1 in _pairs(400, 0):
+        label = population.draw(rng).choose(r0, r1, comp, rng)
+        assert label in {(1.0, 0.0), (0.0, 1.0), TIE}
+        if label == TIE:
+            ties += 1
+            continue
+        o0, o1 = (sum(ORACLE_WEIGHTS[a] * score_reading(r, comp)[a] for a in ATTRIBUTES) for r in (r0, r1))
+        decided += 1
+        disagree += (label[0] > label[1]) != (o0 > o1)
+    assert 0 < ties < 400 * 0.5
+    assert 0.01 < disagree / decided < 0.5
+
+
+def test_annotator_population_is_deterministic_and_skewed_in_activity():
+    a, b = AnnotatorPopulation(size=10, seed=5), AnnotatorPopulation(size=10, seed=5)
+    assert a.annotators == b.annotators
+    rng = np.random.default_rng(0)
+    drawn = [a.draw(rng).user_id for _ in range(2000)]
+    counts = np.bincount(np.asarray(drawn) - 1000, minlength=10)
+    assert counts[0] > 3 * counts[-1] > 0
