@@ -42,7 +42,7 @@ class ModelSizeParams(_Section):
     unet_channels: tuple[PositiveInt, ...] = (32, 64, 64)
     attention_heads: PositiveInt = 4
     text_hidden_size: PositiveInt = 32
-    text_layers: PositiveInt = 5
+    text_layers: PositiveInt = 2
     max_length: PositiveInt = 16
     tokenizer_vocab_size: PositiveInt = 600
 
@@ -55,7 +55,7 @@ class VAETrainingParams(_Section):
 
 
 class UNetTrainingParams(_Section):
-    steps: PositiveInt = 600
+    steps: PositiveInt = 700
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 1e-3
     warmup_steps: int = Field(200, ge=0)
@@ -64,11 +64,12 @@ class UNetTrainingParams(_Section):
     caption_dropout: float = Field(0.1, ge=0, lt=1)
     offset_noise: float = Field(0.1, ge=0)
     renders_per_prompt: PositiveInt = 8
+    min_snr_gamma: PositiveFloat | None = 5.0
 
 
 class SamplingParams(_Section):
     steps: PositiveInt = 20
-    guidance_scale: PositiveFloat = 5.0
+    guidance_scale: PositiveFloat = 3.0
     batch_size: PositiveInt = 64
 
 
@@ -78,14 +79,14 @@ class BaseModelParams(_Section):
     vae: VAETrainingParams = VAETrainingParams()
     unet: UNetTrainingParams = UNetTrainingParams()
     evaluation: SamplingParams = SamplingParams()
-    evaluation_seeds_per_prompt: PositiveInt = 1
+    evaluation_seeds_per_prompt: PositiveInt = 2
 
 
 class PairsParams(_Section):
     seed: int = 0
     pairs_per_prompt: PositiveInt = 1
     guidance_scales: tuple[PositiveFloat, ...] = Field((2.0, 4.0, 7.0), min_length=1)
-    steps: PositiveInt = 20
+    steps: PositiveInt = 15
     batch_size: PositiveInt = 64
     rows_per_shard: PositiveInt = 256
     jpeg_quality: int = Field(95, ge=1, le=100)

@@ -96,6 +96,7 @@ def train_unet_and_text_encoders(
     offset_noise: float,
     renders_per_prompt: int,
     seed: int,
+    min_snr_gamma: float | None = None,
 ) -> BaseModelResult:
     """Epsilon-prediction training of the UNet and both text encoders, returning EMA weights.
 
@@ -121,6 +122,7 @@ def train_unet_and_text_encoders(
     scaling = vae.config.scaling_factor
 
     noise_scheduler = build_training_scheduler()
+    alphas_cumprod = noise_scheduler.alphas_cumprod
     trained = torch.nn.ModuleDict({"unet": unet, "te1": text_encoders[0], "te2": text_encoders[1]})
     trained.train()
     ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
@@ -144,7 +146,13 @@ def train_unet_and_text_encoders(
             noisy, t, encoder_hidden_states=embeds,
             added_cond_kwargs={"text_embeds": pooled, "time_ids": add_time_ids},
         ).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        loss = torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        if min_snr_gamma:
+            # Min-SNR-γ weighting (Hang et al. 2023, eq. 9 for ε-prediction): min(SNR, γ)/SNR keeps
+            # the many easy low-noise steps from dominating; it converges markedly faster.
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            loss = loss * torch.clamp(snr, max=min_snr_gamma) / snr
+        loss = loss.mean()
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -41,7 +41,7 @@ class TinySDXLSpec:
     addition_time_embed_dim: int = 8
     norm_num_groups: int = 8
     text_hidden_size: int = 32
-    text_layers: int = 5
+    text_layers: int = 2
     text_heads: int = 4
     projection_dim: int = 32
     max_length: int = 16

@@ -4,7 +4,8 @@ Reading an image (``read_image``):
 - background colour = per-channel median of the outermost ring of pixels;
 - foreground weight of a pixel = its RGB distance from the background, divided by the distance of
   the most distinct pixels (90th percentile), clipped to [0, 1]: anti-aliased edges count partly;
-- shape colour = weighted mean of the clearly-foreground pixels (weight > 0.5);
+- shape colour = mean of the shape's core, the pixels at least 3/4 as far from the background as
+  the farthest one: a blurry sample's rim is a mix of shape and background colours;
 - centroid = weighted mean position; area = sum of the weights;
 - fill = area / (soft width × soft height), where a column (row) adds its largest weight: ≈0.79
   for a circle, 1.0 for a square, 0.56 for a triangle (anti-aliased slopes) — how the oracle tells shapes apart.
@@ -107,7 +108,6 @@ def read_image(image: Image.Image | np.ndarray) -> OracleReading:
     peak = float(np.median(distance[distance > 0.5 * distance.max()]))
     weight = np.clip(distance / peak, 0.0, 1.0)
     weight[distance < _MIN_FOREGROUND_RGB / 2] = 0.0  # background noise is not shape
-    solid = weight > 0.5
     area = float(weight.sum())
     # Soft extents: a column (row) counts by its strongest pixel, so partly covered edge columns
     # count partly and a square reads fill 1.0 at any sub-pixel offset.
@@ -117,7 +117,7 @@ def read_image(image: Image.Image | np.ndarray) -> OracleReading:
         float((weight * (xx + 0.5)).sum() / area / w),
         float((weight * (yy + 0.5)).sum() / area / h),
     )
-    color = (px[solid] * weight[solid, None]).sum(axis=0) / weight[solid].sum()
+    color = px[distance >= 0.75 * distance.max()].mean(axis=0)
     brightness = float(color @ np.array([0.299, 0.587, 0.114]) / 255.0)
     return OracleReading(w, tuple(background), True, tuple(color), centroid, area, min(area / box, 1.0), brightness)
 

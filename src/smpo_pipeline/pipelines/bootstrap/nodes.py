@@ -90,7 +90,7 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], world: dict, base
         steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate,
         warmup_steps=u.warmup_steps, grad_clip=u.grad_clip, ema_decay=u.ema_decay,
         caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
-        renders_per_prompt=u.renders_per_prompt, seed=b.seed,
+        renders_per_prompt=u.renders_per_prompt, seed=b.seed, min_snr_gamma=u.min_snr_gamma,
     )
     pipe = assemble_pipeline(vae, *result.text_encoders, tokenizer, result.unet)
     metrics = result.metrics | {
