@@ -124,13 +124,3 @@ def validate_parameters(params: dict[str, Any]) -> ProjectParams:
     except ValidationError as exc:
         lines = "\n  ".join(_describe(e) for e in exc.errors())
         raise ValueError(f"Invalid parameters in conf/ ({exc.error_count()}):\n  {lines}") from None
-
-
-def section(params: dict[str, Any], model: type[_Section]) -> _Section:
-    """One section (what a node receives as ``params:<name>``), validated the same way."""
-    name = next(k for k, f in ProjectParams.model_fields.items() if f.annotation is model)
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        lines = "\n  ".join(_describe({**e, "loc": (name, *e["loc"])}) for e in exc.errors())
-        raise ValueError(f"Invalid parameters ({exc.error_count()}):\n  {lines}") from None

@@ -10,17 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from smpo_pipeline.params import AnnotatorParams, BaseModelParams, PairsParams, WorldParams, section
+from smpo_pipeline.params import AnnotatorParams, BaseModelParams, PairsParams, WorldParams
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = ("background", "color", "position", "size", "shape")
 
 
-def split_prompt_sets(world: dict) -> tuple[list[str], list[str], list[str]]:
+def split_prompt_sets(world: WorldParams) -> tuple[list[str], list[str], list[str]]:
     """The seeded train / validation / test split of the grammar's compositions."""
     from smpo_pipeline.world.grammar import split_compositions
 
-    w = section(world, WorldParams)
+    w = world
     split = split_compositions(w.seed, w.validation_share, w.test_share)
     train = [c.prompt for c in split["train"]]
     if w.max_train_prompts:
@@ -28,12 +28,12 @@ def split_prompt_sets(world: dict) -> tuple[list[str], list[str], list[str]]:
     return train, [c.prompt for c in split["validation"]], [c.prompt for c in split["test"]]
 
 
-def train_prompt_tokenizer(base_model: dict):
+def train_prompt_tokenizer(base_model: BaseModelParams):
     """A CLIP BPE tokenizer learned on the whole grammar (its words, not its compositions)."""
     from smpo_pipeline.models.tokenizer import train_clip_tokenizer
     from smpo_pipeline.world.grammar import all_compositions
 
-    b = section(base_model, BaseModelParams)
+    b = base_model
     corpus = [c.prompt for c in all_compositions()]
     return train_clip_tokenizer(corpus, b.size.tokenizer_vocab_size, b.size.max_length)
 
@@ -55,14 +55,14 @@ def _spec(world: WorldParams, base: BaseModelParams):
     )
 
 
-def train_base_vae(prompts_train: list[str], world: dict, base_model: dict):
+def train_base_vae(prompts_train: list[str], world: WorldParams, base_model: BaseModelParams):
     """A small ``AutoencoderKL`` trained on jittered renders of the training prompts."""
     import torch
 
     from smpo_pipeline.models.base_training import train_vae
     from smpo_pipeline.models.tiny_sdxl import build_vae, count_parameters
 
-    w, b = section(world, WorldParams), section(base_model, BaseModelParams)
+    w, b = world, base_model
     torch.manual_seed(b.seed)
     vae = build_vae(_spec(w, b))
     v = b.vae
@@ -72,14 +72,14 @@ def train_base_vae(prompts_train: list[str], world: dict, base_model: dict):
     return result.vae, metrics
 
 
-def train_base_model(vae, tokenizer, prompts_train: list[str], world: dict, base_model: dict):
+def train_base_model(vae, tokenizer, prompts_train: list[str], world: WorldParams, base_model: BaseModelParams):
     """UNet + both text encoders trained from scratch, assembled into a stock SDXL pipeline."""
     import torch
 
     from smpo_pipeline.models.base_training import train_unet_and_text_encoders
     from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, build_text_encoders, build_unet, count_parameters
 
-    w, b = section(world, WorldParams), section(base_model, BaseModelParams)
+    w, b = world, base_model
     spec = _spec(w, b)
     torch.manual_seed(b.seed)
     unet = build_unet(spec)
@@ -119,12 +119,12 @@ def attribute_accuracy(images, prompts: list[str]) -> dict[str, Any]:
             "mean_oracle_reward": round(float(np.mean(rewards)), 4)}
 
 
-def measure_base_model(base_model_pipeline, prompts_test: list[str], world: dict, base_model: dict) -> dict:
+def measure_base_model(base_model_pipeline, prompts_test: list[str], world: WorldParams, base_model: BaseModelParams) -> dict:
     """Attribute accuracy of the base model on the test prompts (20 steps), beside the ideal renders'."""
     from smpo_pipeline.models.sampling import SamplingProtocol, generate
     from smpo_pipeline.world.render import render
 
-    w, b = section(world, WorldParams), section(base_model, BaseModelParams)
+    w, b = world, base_model
     e = b.evaluation
     prompts = [p for p in prompts_test for _ in range(b.evaluation_seeds_per_prompt)]
     seeds = list(range(len(prompts)))
@@ -141,7 +141,7 @@ def measure_base_model(base_model_pipeline, prompts_test: list[str], world: dict
     return report
 
 
-def sample_candidate_pairs(base_model_pipeline, prompts_train: list[str], world: dict, pairs: dict):
+def sample_candidate_pairs(base_model_pipeline, prompts_train: list[str], world: WorldParams, pairs: PairsParams):
     """Two base-model images per training prompt, with different seeds and guidance scales, so
     that the two images of a pair differ the way two Pick-a-Pic generations do."""
     import pandas as pd
@@ -149,7 +149,7 @@ def sample_candidate_pairs(base_model_pipeline, prompts_train: list[str], world:
     from smpo_pipeline.models.sampling import SamplingProtocol, generate
     from smpo_pipeline.pickapic import jpeg_bytes
 
-    w, p = section(world, WorldParams), section(pairs, PairsParams)
+    w, p = world, pairs
     rng = np.random.default_rng(p.seed)
     captions = [c for c in prompts_train for _ in range(p.pairs_per_prompt)]
     n = len(captions)
@@ -174,7 +174,7 @@ def sample_candidate_pairs(base_model_pipeline, prompts_train: list[str], world:
     })
 
 
-def label_pairs_with_annotators(candidate_pairs, annotators: dict, pairs: dict):
+def label_pairs_with_annotators(candidate_pairs, annotators: AnnotatorParams, pairs: PairsParams):
     """Each pair is judged by one annotator drawn from the population (on the stored JPEGs, as a
     person would see them) and written as Pick-a-Pic v2 shards. Also returns how often the
     annotators disagree with the oracle and how often they declare a tie."""
@@ -186,7 +186,7 @@ def label_pairs_with_annotators(candidate_pairs, annotators: dict, pairs: dict):
     from smpo_pipeline.world.annotators import TIE, AnnotatorPopulation
     from smpo_pipeline.world.oracle import combine_scores, read_image, score_reading
 
-    a, p = section(annotators, AnnotatorParams), section(pairs, PairsParams)
+    a, p = annotators, pairs
     population = AnnotatorPopulation(
         size=a.population_size, seed=a.seed, weight_concentration=a.weight_concentration,
         taste_scale=a.taste_scale, rationality_median=a.rationality_median,
