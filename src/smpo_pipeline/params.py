@@ -102,12 +102,26 @@ class AnnotatorParams(_Section):
     zipf_exponent: float = Field(1.1, ge=0)
 
 
+class DataParams(_Section):
+    """Ingestion of Pick-a-Pic v2 shards (``pipelines/data``)."""
+
+    raw_dir: str = "data/01_raw/pickapic"
+    work_dir: str = "data/02_intermediate/pickapic_shards"
+    expectations: str = "conf/base/expectations/pickapic_v2.json"
+    drop_ties: bool = True
+    max_image_side: PositiveInt = 4096
+    min_image_side: PositiveInt = 8
+    validation_share: float = Field(0.1, ge=0, lt=1)
+    min_valid_share: float = Field(0.5, ge=0, le=1)
+
+
 class ProjectParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
     world: WorldParams = WorldParams()
     base_model: BaseModelParams = BaseModelParams()
     pairs: PairsParams = PairsParams()
     annotators: AnnotatorParams = AnnotatorParams()
+    data: DataParams = DataParams()
 
 
 def _describe(error: dict) -> str:

@@ -2,6 +2,7 @@
 
 from smpo_pipeline.datasets.diffusers_pipeline import DiffusersPipelineDataset
 from smpo_pipeline.datasets.parquet_shards import ParquetShardsDataset
+from smpo_pipeline.datasets.parquet_stream import ParquetStreamDataset
 from smpo_pipeline.datasets.prompt_list import PromptListDataset
 
-__all__ = ["DiffusersPipelineDataset", "ParquetShardsDataset", "PromptListDataset"]
+__all__ = ["DiffusersPipelineDataset", "ParquetShardsDataset", "ParquetStreamDataset", "PromptListDataset"]
