@@ -8,7 +8,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from smpo_pipeline.ingest.images import inspect_image
 from smpo_pipeline.ingest.shards import (
@@ -20,7 +19,7 @@ from smpo_pipeline.ingest.shards import (
 )
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 from tests.conftest import PROJECT_ROOT
-from tests.pickapic_factory import encode, png_header_only, valid_rows, write_shard
+from tests.pickapic_factory import png_header_only, valid_rows, write_shard
 
 SUITE = json.loads((PROJECT_ROOT / "conf/base/expectations/pickapic_v2.json").read_text())
 
@@ -40,40 +39,6 @@ def quarantine_reasons(work: Path) -> dict[int, str]:
         for r in pq.read_table(path).to_pylist():
             rows[r["__index_level_0__"]] = r["reason"]
     return rows
-
-
-@pytest.fixture()
-def broken_shard(tmp_path) -> tuple[Path, list[dict]]:
-    """One shard holding a valid row for every awkward-but-fine case and a row for every broken one.
-    ``__index_level_0__`` identifies each row; the expected outcome is in ``expected``."""
-    rows = valid_rows(24)
-    good_jpg = rows[0]["jpg_0"]
-    cases = {
-        1: ("jpg_0", b"\xff\xd8\xff\xe0 this is not a jpeg at all" * 3),  # corrupt JPEG
-        2: ("jpg_1", good_jpg[: len(good_jpg) * 9 // 10]),  # truncated JPEG (header intact)
-        3: ("jpg_0", b""),  # empty bytes
-        4: ("jpg_1", png_header_only(20000, 20000)),  # decompression bomb header
-        5: ("jpg_0", encode(Image.new("L", (32, 32), 128), "PNG")),  # grayscale: fine
-        6: ("jpg_1", encode(Image.new("RGBA", (32, 32), (1, 2, 3, 4)), "PNG")),  # RGBA: fine
-        7: ("jpg_0", encode(Image.new("RGB", (48, 24), (9, 9, 9)))),  # non-square: fine
-        8: ("caption", ""),
-        9: ("caption", " ".join(["word"] * 500)),  # long: fine
-        10: ("caption", "猫が🎨を描く 🐱"),  # CJK + emoji: fine
-        11: ("label_0", 0.7),  # bad label (with label_1 0.0 or 1.0: also sum != 1)
-        14: ("caption", "   "),
-        15: ("jpg_0", encode(Image.new("RGB", (4, 4)))),  # below min side
-    }
-    for i, (column, value) in cases.items():
-        rows[i][column] = value
-    rows[12]["label_0"], rows[12]["label_1"] = 1.0, 1.0  # sum != 1
-    rows[13]["label_0"], rows[13]["label_1"], rows[13]["best_image_uid"] = 0.5, 0.5, ""  # tie
-    rows[16]["jpg_1"] = rows[16]["jpg_0"]  # identical pair
-    rows[17]["are_different"] = False  # declared identical
-    rows[18]["has_label"] = False
-    rows[19]["best_image_uid"] = rows[19]["image_1_uid"] if rows[19]["label_0"] == 1.0 else rows[19]["image_0_uid"]
-    rows.append(dict(rows[20], __index_level_0__=24))  # duplicated row
-    path = write_shard(tmp_path / "raw" / "shard-0.parquet", rows)
-    return path, rows
 
 
 def test_every_broken_row_is_quarantined_with_its_reason_and_nothing_is_lost(broken_shard, tmp_path):

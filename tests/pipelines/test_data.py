@@ -12,7 +12,6 @@ import pytest
 from smpo_pipeline.ingest.shards import DataValidationError
 from tests.conftest import PROJECT_ROOT
 from tests.pickapic_factory import valid_rows, write_shard
-from tests.test_ingest import broken_shard  # noqa: F401 - the fixture
 
 
 def test_data_pipeline_through_kedro(tmp_path, broken_shard):
