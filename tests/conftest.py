@@ -82,3 +82,29 @@ def broken_shard(tmp_path) -> tuple[Path, list[dict]]:
     rows.append(dict(rows[20], __index_level_0__=24))  # duplicated row
     path = write_shard(tmp_path / "raw" / "shard-0.parquet", rows)
     return path, rows
+
+
+def make_kedro_project(root: Path) -> Path:
+    """A copy of the project's conf/ and pyproject.toml under ``root`` (the package itself is the
+    installed one), bootstrapped for ``KedroSession``; data/ and reports/ start empty."""
+    import shutil
+
+    from kedro.framework.startup import bootstrap_project
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    bootstrap_project(root)
+    return root
+
+
+def run_kedro(project: Path, pipelines: list[str], runtime_params: dict | None = None) -> None:
+    """``kedro run --pipelines ...`` through the real session and runner, from inside ``project``."""
+    from kedro.framework.session import KedroSession
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)
+        with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+            session.run(pipeline_names=pipelines)

@@ -7,7 +7,7 @@ errors, so a typo cannot silently fall back to a default. ``validate_parameters`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
@@ -115,6 +115,38 @@ class DataParams(_Section):
     min_valid_share: float = Field(0.5, ge=0, le=1)
 
 
+class BoundsParams(_Section):
+    """Normalisation bounds of the reward: fixed (e.g. PickScore's published ones) or quantiles of
+    the dataset's own scores."""
+
+    method: Literal["fixed", "quantile"] = "fixed"
+    low: float = 0.0
+    high: float = 1.0
+    lower_quantile: float = Field(0.01, ge=0, lt=1)
+    upper_quantile: float = Field(0.99, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BoundsParams:
+        if self.method == "fixed" and not self.high > self.low:
+            raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        if self.method == "quantile" and not self.upper_quantile > self.lower_quantile:
+            raise ValueError("upper_quantile must be greater than lower_quantile")
+        return self
+
+
+class RewardsParams(_Section):
+    """Reward scoring and SmPO smoothing (``pipelines/rewards``)."""
+
+    model: Literal["shapes-oracle", "pickscore", "clip", "aesthetic"] = "shapes-oracle"
+    model_options: dict[str, str] = Field(default_factory=dict)
+    batch_size: PositiveInt = 64
+    cache_dir: str = "data/03_primary/reward_scores"
+    bounds: BoundsParams = BoundsParams()
+    tau: PositiveFloat = 1.0
+    gamma: PositiveFloat = 10.0
+    order_by: Literal["reward", "label"] = "reward"
+
+
 class ProjectParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
     world: WorldParams = WorldParams()
@@ -122,6 +154,7 @@ class ProjectParams(_Section):
     pairs: PairsParams = PairsParams()
     annotators: AnnotatorParams = AnnotatorParams()
     data: DataParams = DataParams()
+    rewards: RewardsParams = RewardsParams()
 
 
 def _describe(error: dict) -> str:

@@ -4,13 +4,12 @@ temporary copy of the project, checking everything it writes."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
 
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import make_kedro_project, run_kedro
 
 # Runtime parameters are merged into conf/base's (as `kedro run --params` does).
 REDUCED = {
@@ -27,19 +26,8 @@ REDUCED = {
 
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory):
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    project = tmp_path_factory.mktemp("project")
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", project / "pyproject.toml")
-    (project / "src").mkdir()  # the package itself is the installed one
-    bootstrap_project(project)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project)
-        with KedroSession.create(project_path=project, runtime_params=REDUCED) as session:
-            session.run(pipeline_names=["bootstrap"])
+    project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")
+    run_kedro(project, ["bootstrap"], REDUCED)
     return project
 
 

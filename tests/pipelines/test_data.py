@@ -10,41 +10,29 @@ import pyarrow.parquet as pq
 import pytest
 
 from smpo_pipeline.ingest.shards import DataValidationError
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import make_kedro_project, run_kedro
 from tests.pickapic_factory import valid_rows, write_shard
 
 
 def test_data_pipeline_through_kedro(tmp_path, broken_shard):
     """The ``data`` pipeline on the broken shard plus a clean one, through Kedro's session: the
     report balances, the pair table splits by caption, a low valid share stops the run."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     path, rows = broken_shard
-    project = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    (project / "src").mkdir()
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
+    project = make_kedro_project(tmp_path / "project")
     raw = project / "data/01_raw/pickapic"
     raw.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, raw / "shard-0.parquet")
     write_shard(raw / "shard-1.parquet", valid_rows(30, seed=9, start=100))
-    bootstrap_project(project)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(project)
-        with KedroSession.create(project_path=project) as session:
-            session.run(pipeline_names=["data"])
-        report = json.loads((project / "reports/data_validation.json").read_text())
-        assert report["input_rows"] == len(rows) + 30 and report["rows_accounted"]
-        assert report["valid"] + report["dropped_ties"] + report["dropped_identical"] + report["quarantined"] == len(rows) + 30
-        quarantine = pq.read_table(project / "data/02_intermediate/quarantine.parquet")
-        assert quarantine.num_rows == report["quarantined"] == 12
-        pairs = pd.read_parquet(project / "data/02_intermediate/pairs.parquet")
-        assert len(pairs) == report["valid"]
-        sides = pairs.groupby("caption")["split"].nunique()
-        assert (sides == 1).all() and pairs["image_0_file"].notna().all()
+    run_kedro(project, ["data"])
+    report = json.loads((project / "reports/data_validation.json").read_text())
+    assert report["input_rows"] == len(rows) + 30 and report["rows_accounted"]
+    assert report["valid"] + report["dropped_ties"] + report["dropped_identical"] + report["quarantined"] == len(rows) + 30
+    quarantine = pq.read_table(project / "data/02_intermediate/quarantine.parquet")
+    assert quarantine.num_rows == report["quarantined"] == 12
+    pairs = pd.read_parquet(project / "data/02_intermediate/pairs.parquet")
+    assert len(pairs) == report["valid"]
+    sides = pairs.groupby("caption")["split"].nunique()
+    assert (sides == 1).all() and pairs["image_0_file"].notna().all()
 
-        with KedroSession.create(project_path=project, runtime_params={"data": {"min_valid_share": 0.95}}) as session:
-            with pytest.raises(DataValidationError, match=r"rows are valid .* < data.min_valid_share 95%"):
-                session.run(pipeline_names=["data"])
+    with pytest.raises(DataValidationError, match=r"rows are valid .* < data.min_valid_share 95%"):
+        run_kedro(project, ["data"], {"data": {"min_valid_share": 0.95}})

@@ -1,0 +1,103 @@
+"""On-disk reward scores, keyed by (image uid, caption, reward-model id).
+
+Scores are appended batch by batch as small parquet parts (written to a temporary name, then
+renamed), so a run killed at any point keeps every finished batch and a re-run scores only what is
+missing. A part that cannot be read is set aside and its images are scored again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def caption_key(caption: str) -> str:
+    return hashlib.sha1(caption.encode("utf-8")).hexdigest()[:16]
+
+
+class ScoreCache:
+    def __init__(self, directory: Path, model_id: str) -> None:
+        self.directory = Path(directory) / model_id
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.directory.glob("part-*.parquet"))
+
+    def load(self) -> dict[tuple[str, str], float]:
+        import pyarrow.parquet as pq
+
+        scores: dict[tuple[str, str], float] = {}
+        for part in self._parts():
+            try:
+                table = pq.read_table(part)
+            except Exception as exc:  # noqa: BLE001 - any unreadable part is rebuilt
+                log.warning("%s is unreadable (%s): set aside, its images will be scored again", part, exc)
+                part.rename(part.with_suffix(".corrupt"))
+                continue
+            for uid, key, score in zip(*(table.column(c).to_pylist() for c in ("image_uid", "caption_key", "score")), strict=True):
+                scores[uid, key] = score
+        return scores
+
+    def append(self, uids: list[str], captions: list[str], scores: np.ndarray) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts = self._parts()
+        index = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+        table = pa.table({"image_uid": uids, "caption_key": [caption_key(c) for c in captions],
+                          "score": pa.array(scores, pa.float64())})
+        tmp = self.directory / f".part-{index:06d}.tmp"
+        pq.write_table(table, tmp)
+        tmp.rename(self.directory / f"part-{index:06d}.parquet")
+
+
+def score_missing(
+    requests: Iterable[tuple[str, str, str]],
+    images_dir: Path,
+    model,
+    cache: ScoreCache,
+    batch_size: int,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Score every (image_uid, caption, image_file) not yet in ``cache``, reading image bytes one
+    image file (one shard) at a time. Returns counts of cached and newly scored images."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    done = cache.load()
+    pending: dict[str, list[tuple[str, str]]] = {}
+    total = cached = 0
+    for uid, caption, image_file in requests:
+        total += 1
+        if (uid, caption_key(caption)) in done:
+            cached += 1
+        else:
+            pending.setdefault(image_file, []).append((uid, caption))
+    todo = sum(map(len, pending.values()))
+    bar = tqdm(total=todo, desc=f"scoring with {model.name}", unit="img", disable=not progress)
+    batches = 0
+    for image_file, items in pending.items():
+        wanted = {uid for uid, _ in items}
+        table = pq.read_table(Path(images_dir) / image_file, columns=["image_uid", "jpg"])
+        data = {u: b for u, b in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True) if u in wanted}
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            images = [Image.open(io.BytesIO(data[uid])).convert("RGB") for uid, _ in batch]
+            scores = model.score(images, [caption for _, caption in batch])
+            cache.append([uid for uid, _ in batch], [caption for _, caption in batch], scores)
+            bar.update(len(batch))
+            batches += 1
+            if on_batch:
+                on_batch(batches)
+    bar.close()
+    return {"images": total, "from_cache": cached, "scored": todo}

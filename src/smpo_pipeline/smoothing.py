@@ -1,0 +1,47 @@
+"""SmPO's smoothed preference probability, as pure functions (numpy in, numpy out).
+
+Formulas and constants: ``../shared/reference/objectives.md`` (SmPO section).
+
+- normalised reward        r' = (s − low) / (high − low)
+  (PickScore's published bounds: low 0.11543526500463486, high 0.28201571106910706)
+- smoothed probability     p = σ((r'_w − r'_l) / τ);  τ = 1 is the official
+                           exp(r'_w) / (exp(r'_w) + exp(r'_l))
+- SmPO weight of the pair  γ (2p − 1);  γ = 10 in the official code. p = 0.5 gives no gradient,
+                           and γ(2p − 1) ≡ 1 turns the SmPO loss into DPO's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PICKSCORE_LOW = 0.11543526500463486
+PICKSCORE_HIGH = 0.28201571106910706
+
+
+def normalise(scores, low: float, high: float) -> np.ndarray:
+    if not high > low:
+        raise ValueError(f"normalisation bounds need high > low (got low={low}, high={high})")
+    return (np.asarray(scores, dtype=np.float64) - low) / (high - low)
+
+
+def quantile_bounds(scores, lower: float = 0.01, upper: float = 0.99) -> tuple[float, float]:
+    """Bounds from the dataset's own score distribution, for reward models without published ones."""
+    low, high = np.quantile(np.asarray(scores, dtype=np.float64), [lower, upper])
+    if not high > low:
+        raise ValueError(f"degenerate score distribution: quantiles {lower}/{upper} are both {low}")
+    return float(low), float(high)
+
+
+def preference_probability(r_w, r_l, tau: float = 1.0) -> np.ndarray:
+    """p = σ((r'_w − r'_l) / τ), computed stably for any margin."""
+    if not tau > 0:
+        raise ValueError(f"temperature tau must be > 0 (got {tau})")
+    z = (np.asarray(r_w, dtype=np.float64) - np.asarray(r_l, dtype=np.float64)) / tau
+    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+
+
+def smpo_weight(p, gamma: float = 10.0) -> np.ndarray:
+    """γ (2p − 1): the factor SmPO puts inside the DPO sigmoid."""
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0 (got {gamma})")
+    return gamma * (2.0 * np.asarray(p, dtype=np.float64) - 1.0)
