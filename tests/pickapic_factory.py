@@ -58,3 +58,37 @@ def write_shard(path: Path, rows: list[dict], schema: pa.Schema = PICKAPIC_V2_SC
     columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
     pq.write_table(pa.table(columns, schema=schema), path)
     return path
+
+
+def annotated_rows(n: int, seed: int = 0) -> list[dict]:
+    """Pairs of a prompt's render and the render of a prompt one attribute away, labelled by the
+    simulated annotators: the oracle should agree with most labels, not all."""
+    import dataclasses
+
+    from smpo_pipeline.world import grammar
+    from smpo_pipeline.world.annotators import TIE, AnnotatorPopulation
+    from smpo_pipeline.world.grammar import Composition
+    from smpo_pipeline.world.oracle import read_image
+
+    rng = np.random.default_rng(seed)
+    population = AnnotatorPopulation(size=20, seed=seed)
+    choices = {"size": grammar.SIZES, "color": tuple(grammar.COLORS), "shape": grammar.SHAPES, "position": grammar.POSITIONS}
+    rows = valid_rows(n, seed=seed)
+    comps = all_compositions()
+    for i, row in enumerate(rows):
+        comp = comps[int(rng.integers(len(comps)))]
+        attribute = str(rng.choice(list(choices)))
+        value = str(rng.choice([v for v in choices[attribute] if v != getattr(comp, attribute)]))
+        try:
+            other = dataclasses.replace(comp, **{attribute: value})
+        except ValueError:  # colour equal to the background: change the size instead
+            other = dataclasses.replace(comp, size="small" if comp.size == "large" else "large")
+        assert isinstance(other, Composition)
+        images = [render(comp, rng=rng), render(other, rng=rng)]
+        if rng.random() < 0.5:
+            images.reverse()
+        label = population.draw(rng).choose(read_image(images[0]), read_image(images[1]), comp, rng)
+        row.update(caption=comp.prompt, jpg_0=jpeg_bytes(images[0]), jpg_1=jpeg_bytes(images[1]),
+                   label_0=label[0], label_1=label[1],
+                   best_image_uid="" if label == TIE else (row["image_0_uid"] if label[0] > label[1] else row["image_1_uid"]))
+    return rows

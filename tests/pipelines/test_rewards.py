@@ -1,0 +1,49 @@
+"""The ``rewards`` pipeline through Kedro's session and runner, after ``data``, on shards of
+annotator-labelled pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import make_kedro_project, run_kedro
+from tests.pickapic_factory import annotated_rows, write_shard
+
+
+@pytest.fixture(scope="module")
+def scored_project(tmp_path_factory):
+    project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")
+    for s in range(2):
+        write_shard(project / f"data/01_raw/pickapic/shard-{s}.parquet", annotated_rows(60, seed=s))
+    run_kedro(project, ["data", "rewards"])
+    return project
+
+
+def test_reward_order_agrees_with_most_human_labels_but_not_all(scored_project):
+    report = json.loads((scored_project / "reports/rewards.json").read_text())
+    assert report["reward_model"] == "shapes-oracle"
+    assert 0.5 < report["reward_label_agreement"] < 1.0
+    assert (scored_project / "reports/figures/rewards.png").stat().st_size > 10_000
+
+
+def test_preference_pairs_carry_both_orders_and_the_smoothed_probability(scored_project):
+    pairs = pd.read_parquet(scored_project / "data/04_feature/preference_pairs.parquet")
+    s_w = np.where(pairs.winner == 0, pairs.score_0, pairs.score_1)
+    s_l = np.where(pairs.winner == 0, pairs.score_1, pairs.score_0)
+    assert (s_w >= s_l).all()  # ordered by reward (the default, SmPO's choice)
+    np.testing.assert_allclose(pairs.p, 1 / (1 + np.exp(-(s_w - s_l))), atol=1e-6)  # bounds [0, 1], tau 1
+    np.testing.assert_allclose(pairs.smpo_weight, 10 * (2 * pairs.p - 1), atol=1e-6)
+    assert {"reward_winner", "label_winner", "orders_agree", "image_w_uid", "image_l_uid"} <= set(pairs.columns)
+
+
+def test_a_second_run_scores_nothing_and_the_label_order_is_selectable(scored_project):
+    parts = sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet"))
+    run_kedro(scored_project, ["rewards"], {"rewards": {"order_by": "label", "tau": 0.5}})
+    assert sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet")) == parts
+    pairs = pd.read_parquet(scored_project / "data/04_feature/preference_pairs.parquet")
+    decided = pairs.label_winner >= 0
+    assert (pairs.winner[decided] == pairs.label_winner[decided]).all()
+    assert (pairs.p[~pairs.orders_agree & decided] < 0.5).any()  # the reward disagrees: p below ½
