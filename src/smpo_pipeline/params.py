@@ -147,6 +147,22 @@ class RewardsParams(_Section):
     order_by: Literal["reward", "label"] = "reward"
 
 
+class InversionParams(_Section):
+    num_steps: PositiveInt = 10          # K: DDIM inverse grid size (SDXL 10, SD1.5 5)
+    renoise_iterations: int = Field(1, ge=0)  # R: 1 = SmPO
+    guidance_scale: float = Field(1.0, ge=1.0)  # 1 = prompt only
+
+
+class CacheParams(_Section):
+    """The latent / text-embedding / ReNoise-trajectory cache (``pipelines/cache``)."""
+
+    root: str = "data/05_model_input/training_cache"
+    batch_size: PositiveInt = 64
+    storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    num_processes: PositiveInt = 1
+    inversion: InversionParams = InversionParams()
+
+
 class ProjectParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
     world: WorldParams = WorldParams()
@@ -155,6 +171,7 @@ class ProjectParams(_Section):
     annotators: AnnotatorParams = AnnotatorParams()
     data: DataParams = DataParams()
     rewards: RewardsParams = RewardsParams()
+    cache: CacheParams = CacheParams()
 
 
 def _describe(error: dict) -> str:

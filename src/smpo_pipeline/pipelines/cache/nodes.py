@@ -1,0 +1,75 @@
+"""Nodes of the ``cache`` pipeline: a thin adapter over ``smpo_pipeline.training_cache``."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from smpo_pipeline.params import CacheParams, DataParams, RuntimeParams
+
+log = logging.getLogger(__name__)
+
+
+def pair_images(preference_pairs, images_dir: Path) -> list[tuple[str, str, bytes]]:
+    """(image uid, caption, JPEG bytes) of both images of every pair, reading each image file once."""
+    import pyarrow.parquet as pq
+
+    wanted: dict[str, dict[str, str]] = {}
+    for row in preference_pairs.to_dict("records"):
+        for k in (0, 1):
+            wanted.setdefault(row[f"image_{k}_file"], {})[row[f"image_{k}_uid"]] = row["caption"]
+    items = []
+    for image_file, uids in wanted.items():
+        table = pq.read_table(images_dir / image_file, columns=["image_uid", "jpg"])
+        for uid, jpg in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
+            if uid in uids:
+                items.append((uid, uids[uid], jpg))
+    return items
+
+
+def fill_training_cache(preference_pairs, base_model, cache: CacheParams, data: DataParams, runtime: RuntimeParams) -> dict:
+    """Every pair image's latent and trajectory and every caption's embeddings, computed with the
+    base model (the reference); entries already cached and intact are not recomputed. With
+    ``cache.num_processes > 1`` the same entry point runs under ``torchrun``, one share per rank."""
+    import torch
+
+    from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.training_cache import CacheReader, build_cache
+
+    items = pair_images(preference_pairs, Path(data.work_dir))
+    inv = cache.inversion
+    config = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
+    root = Path(cache.root)
+    if cache.num_processes == 1:
+        counts = build_cache(base_model, items, root, config, cache.batch_size,
+                             storage_dtype=getattr(torch, cache.storage_dtype))
+        log.info("Cache: %s", counts)
+    else:
+        _launch(items, base_model, cache, runtime)
+    summary = CacheReader(root).summary()
+    summary["per_image_bytes"] = round(summary["bytes"] / max(len(items), 1))
+    log.info("Cache at %s: %d shards, %.1f MiB", root, summary["shards"], summary["bytes"] / 2**20)
+    return summary
+
+
+def _launch(items, base_model, cache: CacheParams, runtime: RuntimeParams) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pq.write_table(pa.table({"image_uid": [u for u, _, _ in items], "caption": [c for _, c, _ in items],
+                                 "jpg": [b for _, _, b in items]}), tmp / "items.parquet")
+        base_model.save_pretrained(tmp / "model")
+        threads = max(1, (runtime.num_threads or 2) // cache.num_processes)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cache.num_processes}",
+                   "-m", "smpo_pipeline.training_cache", "--model", str(tmp / "model"), "--items", str(tmp / "items.parquet"),
+                   "--root", cache.root, "--num-steps", str(cache.inversion.num_steps),
+                   "--renoise-iterations", str(cache.inversion.renoise_iterations),
+                   "--guidance-scale", str(cache.inversion.guidance_scale), "--batch-size", str(cache.batch_size),
+                   "--dtype", cache.storage_dtype, "--threads", str(threads)]
+        log.info("Launching: %s", " ".join(command))
+        subprocess.run(command, check=True)

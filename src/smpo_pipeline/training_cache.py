@@ -1,0 +1,303 @@
+"""The training cache: VAE latents, text embeddings and ReNoise trajectories, computed once.
+
+Layout under ``root``: shards ``rank<r>-<n>.safetensors`` (tensors named ``<entry key>:<tensor>``)
+and, per rank, ``manifest.rank<r>.json``. A manifest lists every shard with its entries, bytes,
+sha256 and what it was built with; it is rewritten atomically after each shard, so the cache is
+always consistent on disk. Entry keys hash everything their value depends on:
+
+- ``latent/<h(image uid, VAE weights, resolution)>``         — ``latent`` [C, H, W] (posterior mode × scaling)
+- ``text/<h(caption, text-encoder weights, resolution)>``    — ``prompt_embeds`` [L, D], ``pooled`` [P], ``time_ids`` [6]
+- ``traj/<h(image uid, caption, UNet, VAE and text weights,
+  K, R, guidance)>``                                          — ``trajectory`` [K + 1, C, H, W]
+
+so changing the UNet invalidates exactly the trajectories, changing the inversion settings exactly
+the trajectories, and so on. Work is split by rank: image items ``i % world_size == rank`` and
+distinct captions the same way, so ``torchrun --nproc_per_node=N`` fills the cache N times faster
+with no entry written twice. A shard whose checksum does not match (truncated, corrupted) is
+dropped from its manifest when the cache is opened and its entries are rebuilt on the next build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from smpo_pipeline.inversion import InversionConfig
+
+log = logging.getLogger(__name__)
+
+
+def module_fingerprint(module) -> str:
+    """sha256 over a module's parameters and buffers (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _key(kind: str, *parts) -> str:
+    return f"{kind}/" + hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    vae: str
+    text: str
+    unet: str
+    resolution: int
+    inversion: InversionConfig
+
+    def latent_key(self, image_uid: str) -> str:
+        return _key("latent", image_uid, self.vae, self.resolution)
+
+    def text_key(self, caption: str) -> str:
+        return _key("text", caption, self.text, self.resolution)
+
+    def trajectory_key(self, image_uid: str, caption: str) -> str:
+        return _key("traj", image_uid, caption, self.unet, self.vae, self.text, asdict(self.inversion))
+
+
+class ShardedCache:
+    """Read and write side of the cache for one rank (reading sees every rank's manifest)."""
+
+    def __init__(self, root: Path, rank: int = 0) -> None:
+        self.root = Path(root)
+        self.rank = rank
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._manifest_path = self.root / f"manifest.rank{rank}.json"
+        self.manifest = self._read(self._manifest_path)
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        if not path.is_file():
+            return {"shards": {}}
+        return json.loads(path.read_text())
+
+    def _write_manifest(self) -> None:
+        tmp = self._manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=1))
+        tmp.replace(self._manifest_path)
+
+    def verify(self) -> list[str]:
+        """Drop this rank's shards that are missing or whose checksum does not match."""
+        dropped = []
+        for name, info in list(self.manifest["shards"].items()):
+            path = self.root / name
+            if not path.is_file() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+                log.warning("cache shard %s is missing or corrupt: its %d entries will be rebuilt", name, len(info["entries"]))
+                del self.manifest["shards"][name]
+                path.unlink(missing_ok=True)
+                dropped.append(name)
+        if dropped:
+            self._write_manifest()
+        return dropped
+
+    def all_manifests(self) -> dict[str, dict]:
+        """Every rank's shards (name → info)."""
+        shards = {}
+        for path in sorted(self.root.glob("manifest.rank*.json")):
+            shards.update(self._read(path)["shards"])
+        return shards
+
+    def entries(self) -> dict[str, str]:
+        """Entry key → shard name, over every rank."""
+        return {e: name for name, info in self.all_manifests().items() for e in info["entries"]}
+
+    def write_shard(self, tensors: dict[str, dict[str, torch.Tensor]], built_with: dict) -> str:
+        from safetensors.torch import save_file
+
+        index = 1 + max((int(n.split("-")[1].split(".")[0]) for n in self.manifest["shards"]), default=-1)
+        name = f"rank{self.rank}-{index:05d}.safetensors"
+        flat = {f"{entry}:{t}": v.detach().cpu().contiguous() for entry, parts in tensors.items() for t, v in parts.items()}
+        tmp = self.root / f".{name}.tmp"
+        save_file(flat, tmp)
+        tmp.replace(self.root / name)
+        self.manifest["shards"][name] = {
+            "entries": sorted(tensors), "bytes": (self.root / name).stat().st_size,
+            "sha256": _sha256(self.root / name), "built_with": built_with,
+        }
+        self._write_manifest()
+        return name
+
+
+class CacheReader:
+    """Loads entries by key, checking each shard's checksum the first time it is opened."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.shards = ShardedCache(root).all_manifests()
+        self.where = {e: name for name, info in self.shards.items() for e in info["entries"]}
+        self._loaded: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _shard(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self._loaded:
+            from safetensors.torch import load_file
+
+            path = self.root / name
+            if _sha256(path) != self.shards[name]["sha256"]:
+                raise RuntimeError(f"cache shard {path} does not match its checksum: rebuild the cache (kedro run --pipeline cache)")
+            self._loaded[name] = load_file(path)
+        return self._loaded[name]
+
+    def get(self, key: str, tensor: str) -> torch.Tensor:
+        if key not in self.where:
+            raise KeyError(f"{key} is not in the cache at {self.root}: rebuild it (kedro run --pipeline cache)")
+        return self._shard(self.where[key])[f"{key}:{tensor}"]
+
+    def summary(self) -> dict:
+        kinds: dict[str, dict[str, int]] = {}
+        for info in self.shards.values():
+            for e in info["entries"]:
+                kinds.setdefault(e.split("/")[0], {"entries": 0})["entries"] += 1
+        total = sum(info["bytes"] for info in self.shards.values())
+        built = {json.dumps(info["built_with"], sort_keys=True) for info in self.shards.values()}
+        return {"shards": len(self.shards), "bytes": total, "entries": kinds,
+                "built_with": [json.loads(b) for b in sorted(built)]}
+
+
+def build_cache(
+    pipe,
+    items: list[tuple[str, str, bytes]],
+    root: Path,
+    inversion: InversionConfig,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    storage_dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Fill the cache for ``items`` = (image uid, caption, JPEG bytes) with ``pipe``'s VAE and text
+    encoders and its UNet as the reference for the inversion. Returns counts of what was computed."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from smpo_pipeline.inversion import inverse_scheduler, renoise_inversion
+    from smpo_pipeline.models.conditioning import encode_prompts, time_ids
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    prints = Fingerprints(
+        vae=module_fingerprint(pipe.vae),
+        text=module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
+        unet=module_fingerprint(pipe.unet),
+        resolution=resolution,
+        inversion=inversion,
+    )
+    built_with = {"vae": prints.vae, "text_encoders": prints.text, "reference_unet": prints.unet,
+                  "resolution": resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype)}
+    cache = ShardedCache(root, rank)
+    cache.verify()
+    have = set(cache.entries())
+
+    items = sorted({(u, c): (u, c, b) for u, c, b in items}.values(), key=lambda x: (x[0], x[1]))
+    uids = sorted({u for u, _, _ in items})
+    owner = {u: i % world_size for i, u in enumerate(uids)}  # all items of an image on one rank
+    mine = [it for it in items if owner[it[0]] == rank]
+    captions = sorted({c for _, c, _ in items})
+    my_captions = {c for i, c in enumerate(captions) if i % world_size == rank}
+    todo = [it for it in mine if prints.latent_key(it[0]) not in have or prints.trajectory_key(it[0], it[1]) not in have]
+    text_todo = sorted(c for c in my_captions if prints.text_key(c) not in have)
+    counts = {"items": len(mine), "latents": 0, "texts": 0, "trajectories": 0, "shards": 0}
+    scheduler = inverse_scheduler(NOISE_SCHEDULE, inversion.num_steps)
+    encoders = ((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2))
+
+    def encode(texts):
+        embeds, pooled = encode_prompts(*encoders, list(texts))
+        return embeds, pooled, time_ids(resolution, len(texts))
+
+    bar = tqdm(total=len(todo) + len(text_todo), desc=f"cache rank {rank}", unit="entry", disable=not progress)
+    with torch.no_grad():
+        for start in range(0, len(text_todo), batch_size):
+            batch = text_todo[start : start + batch_size]
+            embeds, pooled, tids = encode(batch)
+            tensors = {prints.text_key(c): {"prompt_embeds": embeds[i].to(storage_dtype), "pooled": pooled[i].to(storage_dtype),
+                                            "time_ids": tids[i]} for i, c in enumerate(batch)}
+            cache.write_shard(tensors, built_with)
+            counts["texts"] += len(batch)
+            counts["shards"] += 1
+            bar.update(len(batch))
+            if on_shard:
+                on_shard(counts["shards"])
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            pixels = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((resolution, resolution)))
+                               for _, _, b in batch])
+            pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            x0 = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+            embeds, pooled, tids = encode([c for _, c, _ in batch])
+            cond = {"prompt_embeds": embeds, "pooled": pooled, "time_ids": tids}
+            trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, inversion)  # [K+1, B, ...]
+            tensors = {}
+            for i, (uid, caption, _) in enumerate(batch):
+                tensors[prints.latent_key(uid)] = {"latent": x0[i].to(storage_dtype)}
+                tensors[prints.trajectory_key(uid, caption)] = {"trajectory": trajectory[:, i].to(storage_dtype)}
+            cache.write_shard(tensors, built_with)
+            counts["latents"] += len(batch)
+            counts["trajectories"] += len(batch)
+            counts["shards"] += 1
+            bar.update(len(batch))
+            if on_shard:
+                on_shard(counts["shards"])
+    bar.close()
+    return counts
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size, as torchrun / the DeepSpeed launcher set them."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for multi-process builds: ``torchrun --nproc_per_node=N -m
+    smpo_pipeline.training_cache --model DIR --items FILE --root DIR`` (each rank fills its share)."""
+    import argparse
+
+    import pyarrow.parquet as pq
+
+    import smpo_pipeline  # noqa: F401 - project environment
+    from diffusers import StableDiffusionXLPipeline
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--items", required=True, help="parquet with image_uid, caption, jpg")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument("--renoise-iterations", type=int, default=1)
+    parser.add_argument("--guidance-scale", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world = rank_and_world()
+    table = pq.read_table(args.items)
+    items = list(zip(*(table.column(c).to_pylist() for c in ("image_uid", "caption", "jpg")), strict=True))
+    pipe = StableDiffusionXLPipeline.from_pretrained(args.model)
+    counts = build_cache(pipe, items, Path(args.root), InversionConfig(args.num_steps, args.renoise_iterations, args.guidance_scale),
+                         args.batch_size, rank, world, getattr(torch, args.dtype), progress=rank == 0)
+    print(json.dumps({"rank": rank, "world_size": world} | counts))
+
+
+if __name__ == "__main__":
+    main()
