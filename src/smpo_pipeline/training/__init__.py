@@ -1,0 +1,1 @@
+"""Preference training: one step of Diffusion-DPO / SmPO on a batch of pairs (``step``). No Kedro."""

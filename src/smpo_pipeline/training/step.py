@@ -1,0 +1,83 @@
+"""One preference-training step on a batch of pairs, from cached latents and conditioning.
+
+The forward noise of a pair (same timestep and, for random noise, the same noise for both images,
+as every official implementation does) comes from one of three sources, ``noise_mode``:
+
+- ``none``   — Diffusion-DPO: x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε with fresh ε, target ε;
+- ``cached`` — SmPO with the ReNoise trajectory cached from the reference UNet: (x̃, τ) from
+  ``inversion.smpo_target`` — no UNet pass beyond the training ones;
+- ``online`` — SmPO exactly as the official code: the trajectory is recomputed with the current
+  policy UNet (no grad) for every pair at every step. With per-pair timesteps, the grid is run up
+  to the batch's largest t and each pair takes its own point (the official code shares one t per
+  batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from smpo_pipeline.inversion import InversionConfig, renoise_inversion, smpo_target
+from smpo_pipeline.objectives import dpo_loss, smpo_loss
+
+
+@dataclass
+class PairBatch:
+    latents_w: torch.Tensor  # [B, C, H, W], scaled VAE latents
+    latents_l: torch.Tensor
+    prompt_embeds: torch.Tensor  # [B, L, D]
+    pooled: torch.Tensor  # [B, P]
+    time_ids: torch.Tensor  # [B, 6]
+    prob: torch.Tensor  # [B], SmPO's smoothed preference probability of the pair
+    trajectory_w: torch.Tensor | None = None  # [B, K + 1, C, H, W]
+    trajectory_l: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.latents_w.shape[0]
+
+
+def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> torch.Tensor:
+    pred = unet(x_t, timesteps, encoder_hidden_states=embeds,
+                added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+
+
+def noisy_inputs(batch: PairBatch, timesteps, noise_mode: str, alphas_cumprod, generator=None,
+                 inverse_scheduler=None, policy=None, inversion: InversionConfig | None = None):
+    """(x_t, target) for the 2B images [winners; losers] at their pair's timestep."""
+    x0 = torch.cat([batch.latents_w, batch.latents_l])
+    t2 = timesteps.repeat(2)
+    if noise_mode == "none":
+        noise = torch.randn(batch.latents_w.shape, generator=generator, dtype=x0.dtype).to(x0.device).repeat(2, 1, 1, 1)
+        a = alphas_cumprod.to(x0.device)[t2].view(-1, 1, 1, 1).to(x0.dtype)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise, noise
+    grid = inverse_scheduler.timesteps
+    if noise_mode == "cached":
+        trajectories = torch.cat([batch.trajectory_w, batch.trajectory_l])
+    elif noise_mode == "online":
+        cond = {"prompt_embeds": batch.prompt_embeds.repeat(2, 1, 1), "pooled": batch.pooled.repeat(2, 1),
+                "time_ids": batch.time_ids.repeat(2, 1)}
+        with torch.no_grad():
+            trajectories = renoise_inversion(policy, x0, cond, inverse_scheduler, inversion, up_to=int(timesteps.max()))
+        trajectories = trajectories.transpose(0, 1)  # [2B, k + 1, ...]
+    else:
+        raise ValueError(f"unknown noise_mode {noise_mode!r}: none, cached or online")
+    return smpo_target(trajectories, x0, t2, grid[: trajectories.shape[1] - 1], alphas_cumprod)
+
+
+def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: str, beta: float, gamma: float,
+                    noise_mode: str, alphas_cumprod, generator=None, inverse_scheduler=None,
+                    inversion: InversionConfig | None = None):
+    """The DPO or SmPO loss of a batch, and its metrics. ``reference`` runs without gradients."""
+    x_t, target = noisy_inputs(batch, timesteps, noise_mode, alphas_cumprod, generator, inverse_scheduler, policy, inversion)
+    cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
+    t2 = timesteps.repeat(2)
+    model_w, model_l = per_sample_mse(policy, x_t, t2, target, *cond).chunk(2)
+    with torch.no_grad():
+        ref_w, ref_l = per_sample_mse(reference, x_t, t2, target, *cond).chunk(2)
+    if objective == "dpo":
+        return dpo_loss(model_w, model_l, ref_w, ref_l, beta)
+    if objective == "smpo":
+        return smpo_loss(model_w, model_l, ref_w, ref_l, beta, batch.prob, gamma)
+    raise ValueError(f"unknown objective {objective!r}")
