@@ -24,7 +24,7 @@ from smpo_pipeline.inversion import (
 )
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.pickapic import jpeg_bytes
-from smpo_pipeline.training_cache import CacheReader, Fingerprints, ShardedCache, build_cache, module_fingerprint
+from smpo_pipeline.training_cache import CacheReader, Fingerprints, ShardedCache, build_cache
 from smpo_pipeline.world.grammar import all_compositions
 from smpo_pipeline.world.render import render
 
@@ -140,9 +140,7 @@ def test_cache_builds_once_and_stores_what_training_needs(pipe, tmp_path):
     again = build_cache(pipe, items, tmp_path, config, batch_size=2, progress=False)
     assert again["latents"] == again["texts"] == again["trajectories"] == 0
     reader = CacheReader(tmp_path)
-    prints = Fingerprints(module_fingerprint(pipe.vae),
-                          module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
-                          module_fingerprint(pipe.unet), 32, config)
+    prints = Fingerprints.of(pipe, config)
     uid, caption, _ = items[0]
     assert reader.get(prints.trajectory_key(uid, caption), "trajectory").shape == (11, 4, 16, 16)
     assert torch.equal(reader.get(prints.trajectory_key(uid, caption), "trajectory")[0],

@@ -61,3 +61,31 @@ def test_a_step_moves_the_policy_and_never_the_reference(setup):
     assert all(p.grad is None for p in reference.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, reference.parameters(), strict=True))
     assert set(metrics) >= {"implicit_accuracy", "margin", "model_mse", "ref_mse"}
+
+
+@pytest.mark.parametrize("inversion", ["cached", "online", "none"])
+def test_the_training_loop_reads_the_cache_and_trains_in_every_noise_mode(tiny_pipeline_dir, tmp_path, inversion):
+    import pandas as pd
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+
+    from smpo_pipeline.pickapic import jpeg_bytes
+    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints, build_cache
+    from smpo_pipeline.world.grammar import all_compositions
+    from smpo_pipeline.world.render import render
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
+    comps = all_compositions()[:4]
+    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
+    config = InversionConfig(5, 1)
+    build_cache(pipe, items, tmp_path, config, batch_size=8, progress=False)
+    pairs = pd.DataFrame({"image_w_uid": [f"w{i}" for i in range(4)], "image_l_uid": [f"l{i}" for i in range(4)],
+                          "caption": [c.prompt for c in comps], "p": [0.9, 0.7, 0.6, 0.55]})
+    data = CachedPairs(pairs, CacheReader(tmp_path), Fingerprints.of(pipe, config), inversion == "cached")
+    records = []
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    policy = train_preference(pipe.unet, data, TrainConfig("smpo", 5000.0, 10.0, inversion, 3, 2, 1e-4, 1, 1.0, 0.2, 0),
+                              config, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r))
+    assert len(records) == 3 and {"loss", "grad_norm", "lr", "implicit_accuracy", "weighted_margin"} <= set(records[0])
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # the reference is untouched
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())

@@ -63,6 +63,17 @@ class Fingerprints:
     resolution: int
     inversion: InversionConfig
 
+    @classmethod
+    def of(cls, pipe, inversion: InversionConfig) -> Fingerprints:
+        """The fingerprints of a pipeline's VAE, text encoders and UNet (the reference)."""
+        return cls(
+            vae=module_fingerprint(pipe.vae),
+            text=module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
+            unet=module_fingerprint(pipe.unet),
+            resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+            inversion=inversion,
+        )
+
     def latent_key(self, image_uid: str) -> str:
         return _key("latent", image_uid, self.vae, self.resolution)
 
@@ -195,14 +206,8 @@ def build_cache(
     from smpo_pipeline.models.conditioning import encode_prompts, time_ids
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 
-    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    prints = Fingerprints(
-        vae=module_fingerprint(pipe.vae),
-        text=module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
-        unet=module_fingerprint(pipe.unet),
-        resolution=resolution,
-        inversion=inversion,
-    )
+    prints = Fingerprints.of(pipe, inversion)
+    resolution = prints.resolution
     built_with = {"vae": prints.vae, "text_encoders": prints.text, "reference_unet": prints.unet,
                   "resolution": resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype)}
     cache = ShardedCache(root, rank)

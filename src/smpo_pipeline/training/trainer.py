@@ -1,0 +1,104 @@
+"""The preference-training loop (DPO / SmPO) over the training cache — small enough to hold in
+one's head: sample pairs, read their cached latents / embeddings / trajectories, one
+``preference_loss`` step, clip, step, log.
+
+Single process, plain PyTorch. The ``train`` pipeline (DeepSpeed ZeRO, checkpoint/resume,
+Diffusion-DRO) is not built yet: see the README's Status.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from smpo_pipeline.inversion import InversionConfig, inverse_scheduler
+from smpo_pipeline.models.conditioning import drop_captions
+from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+from smpo_pipeline.training.step import PairBatch, preference_loss
+from smpo_pipeline.training_cache import CacheReader, Fingerprints
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str  # dpo | smpo
+    beta: float
+    gamma: float
+    inversion: str  # cached | online | none
+    steps: int
+    batch_size: int  # pairs per step
+    learning_rate: float
+    warmup_steps: int
+    grad_clip: float
+    caption_dropout: float
+    seed: int
+
+
+class CachedPairs:
+    """Training pairs whose tensors come from the cache (``PairBatch`` per list of rows)."""
+
+    def __init__(self, pairs, reader: CacheReader, prints: Fingerprints, with_trajectories: bool) -> None:
+        self.pairs = pairs.reset_index(drop=True)
+        self.reader, self.prints, self.with_trajectories = reader, prints, with_trajectories
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, rows) -> PairBatch:
+        r, p = self.reader, self.prints
+        sel = self.pairs.iloc[list(rows)]
+        latents_w = torch.stack([r.get(p.latent_key(u), "latent").float() for u in sel.image_w_uid])
+        latents_l = torch.stack([r.get(p.latent_key(u), "latent").float() for u in sel.image_l_uid])
+        text = [p.text_key(c) for c in sel.caption]
+        batch = PairBatch(
+            latents_w, latents_l,
+            torch.stack([r.get(k, "prompt_embeds").float() for k in text]),
+            torch.stack([r.get(k, "pooled").float() for k in text]),
+            torch.stack([r.get(k, "time_ids").float() for k in text]),
+            torch.tensor(sel.p.to_numpy(), dtype=torch.float32),
+        )
+        if self.with_trajectories:
+            batch.trajectory_w = torch.stack([r.get(p.trajectory_key(u, c), "trajectory").float()
+                                              for u, c in zip(sel.image_w_uid, sel.caption, strict=True)])
+            batch.trajectory_l = torch.stack([r.get(p.trajectory_key(u, c), "trajectory").float()
+                                              for u, c in zip(sel.image_l_uid, sel.caption, strict=True)])
+        return batch
+
+
+def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversion: InversionConfig,
+                     alphas_cumprod, log: Callable[[int, dict], None] | None = None):
+    """Fine-tune a copy of ``base_unet`` (the frozen reference) on ``data``; returns the policy."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    reference = base_unet.eval().requires_grad_(False)
+    policy = copy.deepcopy(base_unet).train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+    scheduler = inverse_scheduler(NOISE_SCHEDULE, inversion.num_steps)
+    bar = tqdm(range(config.steps), desc=f"train {config.objective} ({config.inversion})", unit="step", mininterval=2)
+    for step in bar:
+        start = time.perf_counter()
+        batch = data.batch(rng.choice(len(data), config.batch_size, replace=len(data) < config.batch_size))
+        drop = torch.rand(len(batch), generator=generator) < config.caption_dropout
+        batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled, drop)
+        timesteps = torch.randint(0, 1000, (len(batch),), generator=generator)
+        loss, metrics = preference_loss(policy, reference, batch, timesteps, config.objective, config.beta, config.gamma,
+                                        config.inversion, alphas_cumprod, generator, scheduler, inversion)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        record = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": schedule.get_last_lr()[0],
+                  "step_time": time.perf_counter() - start} | {k: v.item() for k, v in metrics.items()}
+        if log:
+            log(step, record)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['implicit_accuracy']:.2f}")
+    return policy.eval()
