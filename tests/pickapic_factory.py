@@ -75,7 +75,7 @@ def annotated_rows(n: int, seed: int = 0) -> list[dict]:
     choices = {"size": grammar.SIZES, "color": tuple(grammar.COLORS), "shape": grammar.SHAPES, "position": grammar.POSITIONS}
     rows = valid_rows(n, seed=seed)
     comps = all_compositions()
-    for i, row in enumerate(rows):
+    for row in rows:
         comp = comps[int(rng.integers(len(comps)))]
         attribute = str(rng.choice(list(choices)))
         value = str(rng.choice([v for v in choices[attribute] if v != getattr(comp, attribute)]))

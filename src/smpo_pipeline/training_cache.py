@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from smpo_pipeline.checksums import file_sha256
 from smpo_pipeline.inversion import InversionConfig
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,6 @@ def module_fingerprint(module) -> str:
 
 def _key(kind: str, *parts) -> str:
     return f"{kind}/" + hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -110,7 +103,7 @@ class ShardedCache:
         dropped = []
         for name, info in list(self.manifest["shards"].items()):
             path = self.root / name
-            if not path.is_file() or path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+            if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
                 log.warning("cache shard %s is missing or corrupt: its %d entries will be rebuilt", name, len(info["entries"]))
                 del self.manifest["shards"][name]
                 path.unlink(missing_ok=True)
@@ -141,7 +134,7 @@ class ShardedCache:
         tmp.replace(self.root / name)
         self.manifest["shards"][name] = {
             "entries": sorted(tensors), "bytes": (self.root / name).stat().st_size,
-            "sha256": _sha256(self.root / name), "built_with": built_with,
+            "sha256": file_sha256(self.root / name), "built_with": built_with,
         }
         self._write_manifest()
         return name
@@ -161,7 +154,7 @@ class CacheReader:
             from safetensors.torch import load_file
 
             path = self.root / name
-            if _sha256(path) != self.shards[name]["sha256"]:
+            if file_sha256(path) != self.shards[name]["sha256"]:
                 raise RuntimeError(f"cache shard {path} does not match its checksum: rebuild the cache (kedro run --pipeline cache)")
             self._loaded[name] = load_file(path)
         return self._loaded[name]

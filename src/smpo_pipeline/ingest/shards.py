@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from smpo_pipeline.checksums import file_sha256
 from smpo_pipeline.ingest.images import inspect_image
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 
@@ -230,14 +231,6 @@ def run_expectations(frame, settings: IngestSettings) -> tuple[list[dict], list[
 # --------------------------------------------------------------------------- one shard
 
 
-def _checksum(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shard_fingerprint(path: Path, settings: IngestSettings, previous: str) -> str:
     stat = path.stat()
     payload = json.dumps([path.name, stat.st_size, stat.st_mtime_ns, settings.fingerprint(), previous])
@@ -280,7 +273,7 @@ def _load_done(done: Path, fingerprint: str) -> dict | None:
         return None
     for name, checksum in record["checksums"].items():
         path = done.parent / name
-        if not path.is_file() or _checksum(path) != checksum:
+        if not path.is_file() or file_sha256(path) != checksum:
             log.warning("%s: cached output %s is missing or corrupt; re-validating the shard", done.name, name)
             return None
     return record
@@ -369,7 +362,7 @@ def validate_shard(path: Path, work_dir: Path, settings: IngestSettings, seen: d
     record = {
         "shard": shard, "fingerprint": fingerprint, "input_rows": n, "counts": result_counts,
         "reasons": dict(reasons), "expectations": expectations,
-        "checksums": {name: _checksum(work_dir / name) for name in files.values()},
+        "checksums": {name: file_sha256(work_dir / name) for name in files.values()},
     }
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))

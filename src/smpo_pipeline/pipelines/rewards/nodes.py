@@ -39,7 +39,6 @@ def score_pair_images(clean_pairs, rewards: RewardsParams, data: DataParams):
 def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
     """Per pair: both orders (reward, human label) and whether they agree; the normalised rewards,
     the smoothed probability p of the chosen order and the SmPO weight γ(2p − 1)."""
-    import pandas as pd
 
     from smpo_pipeline.smoothing import normalise, preference_probability, quantile_bounds, smpo_weight
 
