@@ -89,3 +89,36 @@ def test_the_training_loop_reads_the_cache_and_trains_in_every_noise_mode(tiny_p
     assert len(records) == 3 and {"loss", "grad_norm", "lr", "implicit_accuracy", "weighted_margin"} <= set(records[0])
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # the reference is untouched
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_path, stage):
+    """DeepSpeed ZeRO on CPU (gloo), one process: the policy moves, the reference does not."""
+    import json
+
+    import pandas as pd
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+
+    from smpo_pipeline.pickapic import jpeg_bytes
+    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints, build_cache
+    from smpo_pipeline.world.grammar import all_compositions
+    from smpo_pipeline.world.render import render
+    from tests.conftest import PROJECT_ROOT
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
+    comps = all_compositions()[:2]
+    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
+    build_cache(pipe, items, tmp_path, InversionConfig(5, 1), batch_size=4, progress=False)
+    pairs = pd.DataFrame({"image_w_uid": ["w0", "w1"], "image_l_uid": ["l0", "l1"], "caption": [c.prompt for c in comps],
+                          "p": [0.9, 0.7]})
+    data = CachedPairs(pairs, CacheReader(tmp_path), Fingerprints.of(pipe, InversionConfig(5, 1)), True)
+    ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()) | {"zero_optimization": {"stage": stage}}
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    records = []
+    policy = train_preference(pipe.unet, data, TrainConfig("dpo", 5000.0, 10.0, "cached", 2, 2, 1e-3, 1, 1.0, 0.0, 0, ds),
+                              InversionConfig(5, 1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                              lambda step, r: records.append(r))
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())

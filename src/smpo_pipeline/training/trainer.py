@@ -2,8 +2,9 @@
 one's head: sample pairs, read their cached latents / embeddings / trajectories, one
 ``preference_loss`` step, clip, step, log.
 
-Single process, plain PyTorch. The ``train`` pipeline (DeepSpeed ZeRO, checkpoint/resume,
-Diffusion-DRO) is not built yet: see the README's Status.
+Single process; plain PyTorch, or DeepSpeed ZeRO (stage 0–3 from a config) around the policy
+when ``TrainConfig.deepspeed`` is given. The ``train`` pipeline (multi-process launch,
+checkpoint/resume, Diffusion-DRO) is not built yet: see the README's Status.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class TrainConfig:
     grad_clip: float
     caption_dropout: float
     seed: int
+    deepspeed: dict | None = None  # a DeepSpeed config (ZeRO stage, clipping, ...); None: plain torch
 
 
 class CachedPairs:
@@ -80,6 +82,13 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
     policy = copy.deepcopy(base_unet).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+    engine = None
+    if config.deepspeed is not None:
+        from smpo_pipeline.training.engine import deepspeed_engine
+
+        ds_config = config.deepspeed | {"train_micro_batch_size_per_gpu": config.batch_size,
+                                        "gradient_clipping": config.grad_clip}
+        engine, optimizer, schedule = deepspeed_engine(policy, optimizer, schedule, ds_config)
     scheduler = inverse_scheduler(NOISE_SCHEDULE, inversion.num_steps)
     bar = tqdm(range(config.steps), desc=f"train {config.objective} ({config.inversion})", unit="step", mininterval=2)
     for step in bar:
@@ -88,17 +97,30 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
         drop = torch.rand(len(batch), generator=generator) < config.caption_dropout
         batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled, drop)
         timesteps = torch.randint(0, 1000, (len(batch),), generator=generator)
-        loss, metrics = preference_loss(policy, reference, batch, timesteps, config.objective, config.beta, config.gamma,
-                                        config.inversion, alphas_cumprod, generator, scheduler, inversion)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-        optimizer.step()
-        schedule.step()
-        record = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": schedule.get_last_lr()[0],
+        loss, metrics = preference_loss(engine or policy, reference, batch, timesteps, config.objective, config.beta,
+                                        config.gamma, config.inversion, alphas_cumprod, generator, scheduler, inversion)
+        if engine is None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip).item()
+            optimizer.step()
+            schedule.step()
+        else:  # clipping, the optimizer and the LR schedule are the engine's
+            engine.backward(loss)
+            engine.step()
+            grad_norm = float(engine.get_global_grad_norm() or 0.0)
+        record = {"loss": loss.item(), "grad_norm": grad_norm, "lr": schedule.get_last_lr()[0],
                   "step_time": time.perf_counter() - start} | {k: v.item() for k, v in metrics.items()}
         if log:
             log(step, record)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['implicit_accuracy']:.2f}")
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        # ZeRO-3 partitions the parameters: gather them back into a plain module.
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+        policy = copy.deepcopy(base_unet)
+        policy.load_state_dict(state)
     return policy.eval()
