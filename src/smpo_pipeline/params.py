@@ -163,6 +163,32 @@ class CacheParams(_Section):
     inversion: InversionParams = InversionParams()
 
 
+class TrainEvaluationParams(_Section):
+    steps: PositiveInt = 20
+    guidance_scale: PositiveFloat = 3.0
+    seeds_per_prompt: PositiveInt = 2
+    batch_size: PositiveInt = 64
+
+
+class TrainParams(_Section):
+    """Preference training (``pipelines/train``): one model per objective."""
+
+    objectives: tuple[Literal["dpo", "smpo"], ...] = ("dpo", "smpo")
+    inversion: Literal["cached", "online", "none"] = "cached"  # SmPO's forward noise (DPO: none)
+    beta: dict[Literal["dpo", "smpo"], PositiveFloat] = Field(default_factory=lambda: {"dpo": 5000.0, "smpo": 5000.0})
+    gamma: PositiveFloat = 10.0
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 16
+    learning_rate: PositiveFloat = 1e-5
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: PositiveFloat = 1.0
+    caption_dropout: float = Field(0.2, ge=0, lt=1)
+    seed: int = 0
+    deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    evaluation: TrainEvaluationParams = TrainEvaluationParams()
+
+
 class ProjectParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
     world: WorldParams = WorldParams()
@@ -172,6 +198,7 @@ class ProjectParams(_Section):
     data: DataParams = DataParams()
     rewards: RewardsParams = RewardsParams()
     cache: CacheParams = CacheParams()
+    train: TrainParams = TrainParams()
 
 
 def _describe(error: dict) -> str:

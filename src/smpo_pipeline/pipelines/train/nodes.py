@@ -1,0 +1,95 @@
+"""Nodes of the ``train`` pipeline: thin adapters over ``smpo_pipeline.training``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from smpo_pipeline.params import CacheParams, TrainParams, WorldParams
+
+log = logging.getLogger(__name__)
+
+
+def train_objective(objective: str, preference_pairs, base_model, train: TrainParams, cache: CacheParams):
+    """Fine-tune the base model's UNet with ``objective`` on the train split, reading latents,
+    embeddings and (SmPO, cached) trajectories from the cache. Returns the full SDXL pipeline with
+    the trained UNet, and a summary of the run; per-step metrics go to dvclive under
+    ``reports/training/<objective>/``."""
+    from diffusers import DDPMScheduler
+    from dvclive import Live
+
+    from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+
+    if objective not in train.objectives:
+        log.info("train.objectives leaves out %s: returning the base model unchanged", objective)
+        return base_model, {"objective": objective, "trained": False}
+    inv = cache.inversion
+    inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
+    noise = train.inversion if objective == "smpo" else "none"
+    pairs = preference_pairs[preference_pairs.split == "train"]
+    data = CachedPairs(pairs, CacheReader(Path(cache.root)), Fingerprints.of(base_model, inversion), noise == "cached")
+    ds = None
+    if train.deepspeed_config:
+        ds = json.loads(Path(train.deepspeed_config).read_text()) | {"zero_optimization": {"stage": train.zero_stage}}
+    config = TrainConfig(objective, train.beta[objective], train.gamma, noise, train.steps, train.batch_size,
+                         train.learning_rate, train.warmup_steps, train.grad_clip, train.caption_dropout, train.seed, ds)
+    records = []
+    with Live(dir=f"reports/training/{objective}", dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        def log_step(step: int, record: dict) -> None:
+            records.append(record)
+            for name, value in record.items():
+                live.log_metric(name, value)
+            live.next_step()
+
+        policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
+                                  DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, log_step)
+    trained = type(base_model)(**{**base_model.components, "unet": policy})
+    tail = records[-min(20, len(records)):]
+    summary = {"objective": objective, "trained": True, "forward_noise": noise, "pairs": len(pairs),
+               "steps": train.steps, "zero_stage": train.zero_stage if ds else None,
+               "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5),
+               "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4),
+               "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4)}
+    log.info("Trained %s: %s", objective, summary)
+    return trained, summary
+
+
+def train_dpo(preference_pairs, base_model, train: TrainParams, cache: CacheParams):
+    """Diffusion-DPO: random forward noise, β from ``train.beta.dpo``."""
+    return train_objective("dpo", preference_pairs, base_model, train, cache)
+
+
+def train_smpo(preference_pairs, base_model, train: TrainParams, cache: CacheParams):
+    """SmPO: smoothed-probability weights, forward noise from ``train.inversion``."""
+    return train_objective("smpo", preference_pairs, base_model, train, cache)
+
+
+def compare_on_validation_prompts(base_model, dpo_model, smpo_model, prompts_validation: list[str],
+                                  train: TrainParams, world: WorldParams) -> dict:
+    """Mean shapes-oracle reward of every model on the validation prompts, the same seeds for all."""
+    from smpo_pipeline.models.sampling import SamplingProtocol, generate
+    from smpo_pipeline.world.oracle import oracle_reward
+
+    e = train.evaluation
+    prompts = [p for p in prompts_validation for _ in range(e.seeds_per_prompt)]
+    seeds = list(range(len(prompts)))
+    protocol = SamplingProtocol(e.steps, e.guidance_scale, world.resolution)
+    report = {"protocol": protocol.__dict__ | {"prompt_set": "validation", "images_per_model": len(prompts)}, "models": {}}
+    for name, model in (("base", base_model), ("dpo", dpo_model), ("smpo", smpo_model)):
+        images = generate(model, prompts, seeds, protocol, e.batch_size, desc=f"validating {name}")
+        rewards = np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
+        report["models"][name] = {"mean_oracle_reward": round(float(rewards.mean()), 4),
+                                  "standard_error": round(float(rewards.std(ddof=1) / np.sqrt(len(rewards))), 4)}
+    base = report["models"]["base"]["mean_oracle_reward"]
+    for name, r in report["models"].items():
+        r["vs_base"] = round(r["mean_oracle_reward"] - base, 4)
+        print(f"{name:>5}: mean shapes-oracle reward {r['mean_oracle_reward']:.4f} ± {r['standard_error']:.4f}"  # noqa: T201
+              f" ({r['vs_base']:+.4f} vs base)")
+    return report

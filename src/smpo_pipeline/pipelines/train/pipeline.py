@@ -1,0 +1,19 @@
+"""train DPO model, train SmPO model → compare models on the validation prompts."""
+
+from kedro.pipeline import Node, Pipeline
+
+from smpo_pipeline.pipelines.train.nodes import compare_on_validation_prompts, train_dpo, train_smpo
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    inputs = ["preference_pairs", "base_model", "params:train", "params:cache"]
+    return Pipeline(
+        [
+            Node(train_dpo, inputs, ["dpo_model", "dpo_training_summary"], name="train_dpo"),
+            Node(train_smpo, inputs, ["smpo_model", "smpo_training_summary"], name="train_smpo"),
+            Node(compare_on_validation_prompts,
+                 ["base_model", "dpo_model", "smpo_model", "prompts_validation", "params:train", "params:world"],
+                 "training_report", name="compare_on_validation_prompts"),
+        ],
+        tags="train",
+    )
