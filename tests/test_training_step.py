@@ -122,3 +122,76 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+RESUMABLE_RUN = """
+import json, os, signal, sys
+from pathlib import Path
+import pandas as pd
+import smpo_pipeline
+from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+from smpo_pipeline.inversion import InversionConfig
+from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+from smpo_pipeline.training_cache import CacheReader, Fingerprints
+model, cache, pairs, ckpt, log_file, kill_at, deepspeed = sys.argv[1:]
+pipe = StableDiffusionXLPipeline.from_pretrained(model)
+inv = InversionConfig(5, 1)
+data = CachedPairs(pd.read_parquet(pairs), CacheReader(Path(cache)), Fingerprints.of(pipe, inv), True)
+ds = json.loads(deepspeed) if deepspeed != "none" else None
+config = TrainConfig("smpo", 5000.0, 10.0, "cached", 6, 2, 1e-3, 1, 1.0, 0.5, 0, ds, ckpt, 2, 2)
+def log(step, record):
+    with open(log_file, "a") as f:
+        f.write(json.dumps({"step": step, "loss": record["loss"]}) + "\\n")
+    if step == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)   # kill -9 in the middle of the run
+train_preference(pipe.unet, data, config, inv, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, log)
+"""
+
+
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path, engine):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    import pandas as pd
+    from diffusers import StableDiffusionXLPipeline
+
+    from smpo_pipeline.pickapic import jpeg_bytes
+    from smpo_pipeline.training_cache import build_cache
+    from smpo_pipeline.world.grammar import all_compositions
+    from smpo_pipeline.world.render import render
+    from tests.conftest import PROJECT_ROOT
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
+    comps = all_compositions()[:4]
+    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
+    build_cache(pipe, items, tmp_path / "cache", InversionConfig(5, 1), batch_size=8, progress=False)
+    pd.DataFrame({"image_w_uid": [f"w{i}" for i in range(4)], "image_l_uid": [f"l{i}" for i in range(4)],
+                  "caption": [c.prompt for c in comps], "p": [0.9, 0.7, 0.6, 0.8]}).to_parquet(tmp_path / "pairs.parquet")
+    ds = "none"
+    if engine == "deepspeed":
+        ds = (PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()
+
+    def run(name, kill_at):
+        args = [str(tiny_pipeline_dir), str(tmp_path / "cache"), str(tmp_path / "pairs.parquet"), str(tmp_path / name),
+                str(tmp_path / f"{name}.jsonl"), str(kill_at), ds]
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], capture_output=True, text=True)
+
+    def losses(name):
+        return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+
+    assert run("straight", -1).returncode == 0
+    killed = run("killed", 4)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "killed").glob("step-*")) == ["step-0000002", "step-0000004"]
+    resumed = run("killed", -1)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight, interrupted = losses("straight"), losses("killed")
+    assert [r["step"] for r in interrupted] == [0, 1, 2, 3, 4, 4, 5]  # step 4 ran, was lost with the kill, ran again
+    by_step = {r["step"]: r["loss"] for r in straight}
+    for record in interrupted:
+        assert record["loss"] == pytest.approx(by_step[record["step"]], abs=1e-6), record
+    assert sorted(p.name for p in (tmp_path / "killed").glob("step-*")) == ["step-0000004", "step-0000006"]  # keep_last 2

@@ -186,6 +186,9 @@ class TrainParams(_Section):
     seed: int = 0
     deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
     zero_stage: Literal[0, 1, 2, 3] = 2
+    checkpoint_root: str = "data/06_models/checkpoints"
+    checkpoint_every: PositiveInt = 50
+    keep_last: PositiveInt = 2
     evaluation: TrainEvaluationParams = TrainEvaluationParams()
 
 

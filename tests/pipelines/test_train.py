@@ -45,3 +45,13 @@ def test_training_reports_per_step_metrics_and_the_comparison(trained_project):
         assert len((trained_project / f"reports/training/{objective}/plots/metrics/loss.tsv").read_text().splitlines()) == 4
     report = json.loads((trained_project / "reports/training.json").read_text())
     assert set(report["models"]) == {"base", "dpo", "smpo"} and report["models"]["base"]["vs_base"] == 0.0
+
+
+@pytest.mark.slow
+def test_a_rerun_with_the_same_settings_resumes_from_the_finished_checkpoint(trained_project):
+    run_kedro(trained_project, ["train"], CHAIN)
+    summary = json.loads((trained_project / "reports/training/smpo.json").read_text())
+    assert summary["steps_run_now"] == 0 and summary["checkpoints"].startswith("data/06_models/checkpoints/smpo/")
+    assert (trained_project / summary["checkpoints"] / "step-0000003" / "state.json").is_file()
+    loss = trained_project / "reports/training/smpo/plots/metrics/loss.tsv"
+    assert len(loss.read_text().splitlines()) == 4  # the finished run's curve is kept, not reset

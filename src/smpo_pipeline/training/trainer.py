@@ -3,8 +3,8 @@ one's head: sample pairs, read their cached latents / embeddings / trajectories,
 ``preference_loss`` step, clip, step, log.
 
 Single process; plain PyTorch, or DeepSpeed ZeRO (stage 0–3 from a config) around the policy
-when ``TrainConfig.deepspeed`` is given. The ``train`` pipeline (multi-process launch,
-checkpoint/resume, Diffusion-DRO) is not built yet: see the README's Status.
+when ``TrainConfig.deepspeed`` is given. With ``checkpoint_dir`` it checkpoints every
+``checkpoint_every`` steps and resumes from the latest checkpoint, continuing the same loss curve.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler
 from smpo_pipeline.models.conditioning import drop_captions
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+from smpo_pipeline.training import checkpoints
 from smpo_pipeline.training.step import PairBatch, preference_loss
 from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
@@ -39,6 +40,9 @@ class TrainConfig:
     caption_dropout: float
     seed: int
     deepspeed: dict | None = None  # a DeepSpeed config (ZeRO stage, clipping, ...); None: plain torch
+    checkpoint_dir: str | None = None  # resume from its latest checkpoint, save every checkpoint_every
+    checkpoint_every: int = 50
+    keep_last: int = 2
 
 
 class CachedPairs:
@@ -90,7 +94,10 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
                                         "gradient_clipping": config.grad_clip}
         engine, optimizer, schedule = deepspeed_engine(policy, optimizer, schedule, ds_config)
     scheduler = inverse_scheduler(NOISE_SCHEDULE, inversion.num_steps)
-    bar = tqdm(range(config.steps), desc=f"train {config.objective} ({config.inversion})", unit="step", mininterval=2)
+    first = 0
+    if config.checkpoint_dir and (found := checkpoints.latest(config.checkpoint_dir)) is not None:
+        first = checkpoints.restore(found, policy, optimizer, schedule, engine, generator, rng)
+    bar = tqdm(range(first, config.steps), initial=first, total=config.steps, desc=f"train {config.objective} ({config.inversion})", unit="step", mininterval=2)
     for step in bar:
         start = time.perf_counter()
         batch = data.batch(rng.choice(len(data), config.batch_size, replace=len(data) < config.batch_size))
@@ -115,6 +122,10 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
             log(step, record)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['implicit_accuracy']:.2f}")
+        done = step + 1
+        if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
+            checkpoints.save(config.checkpoint_dir, done, policy, optimizer, schedule, engine, generator, rng,
+                             config.keep_last)
     if engine is not None and engine.zero_optimization_stage() == 3:
         # ZeRO-3 partitions the parameters: gather them back into a plain module.
         import deepspeed

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,17 @@ def train_objective(objective: str, preference_pairs, base_model, train: TrainPa
         ds = json.loads(Path(train.deepspeed_config).read_text()) | {"zero_optimization": {"stage": train.zero_stage}}
     config = TrainConfig(objective, train.beta[objective], train.gamma, noise, train.steps, train.batch_size,
                          train.learning_rate, train.warmup_steps, train.grad_clip, train.caption_dropout, train.seed, ds)
+    # Checkpoints of one run live under a hash of everything the run depends on, so a re-run with the
+    # same settings resumes (or finds the run finished) and a changed setting starts afresh.
+    run_id = hashlib.sha256(json.dumps([asdict(config), Fingerprints.of(base_model, inversion).unet,
+                                        sorted(pairs.pair_id)], default=str).encode()).hexdigest()[:12]
+    config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
+                     checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
     records = []
-    with Live(dir=f"reports/training/{objective}", dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    from smpo_pipeline.training.checkpoints import latest
+
+    resuming = latest(config.checkpoint_dir) is not None  # dvclive then continues its step count
+    with Live(dir=f"reports/training/{objective}", resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def log_step(step: int, record: dict) -> None:
             records.append(record)
             for name, value in record.items():
@@ -53,10 +64,11 @@ def train_objective(objective: str, preference_pairs, base_model, train: TrainPa
     trained = type(base_model)(**{**base_model.components, "unet": policy})
     tail = records[-min(20, len(records)):]
     summary = {"objective": objective, "trained": True, "forward_noise": noise, "pairs": len(pairs),
+               "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
                "steps": train.steps, "zero_stage": train.zero_stage if ds else None,
-               "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5),
-               "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4),
-               "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4)}
+               "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5) if tail else None,
+               "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4) if tail else None,
+               "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4) if records else None}
     log.info("Trained %s: %s", objective, summary)
     return trained, summary
 
