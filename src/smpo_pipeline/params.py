@@ -186,6 +186,7 @@ class TrainParams(_Section):
     seed: int = 0
     deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
     zero_stage: Literal[0, 1, 2, 3] = 2
+    num_processes: PositiveInt = 1  # > 1: launched with torchrun, one rank each (checkpoints off)
     checkpoint_root: str = "data/06_models/checkpoints"
     checkpoint_every: PositiveInt = 50
     keep_last: PositiveInt = 2

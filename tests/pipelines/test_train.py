@@ -55,3 +55,12 @@ def test_a_rerun_with_the_same_settings_resumes_from_the_finished_checkpoint(tra
     assert (trained_project / summary["checkpoints"] / "step-0000003" / "state.json").is_file()
     loss = trained_project / "reports/training/smpo/plots/metrics/loss.tsv"
     assert len(loss.read_text().splitlines()) == 4  # the finished run's curve is kept, not reset
+
+
+@pytest.mark.slow
+def test_the_node_launches_several_processes_with_torchrun(trained_project):
+    two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["smpo"]}}
+    run_kedro(trained_project, ["train"], two)
+    summary = json.loads((trained_project / "reports/training/smpo.json").read_text())
+    assert summary["processes"] == 2 and summary["steps_run_now"] == 2 and summary["checkpoints"] is None
+    assert json.loads((trained_project / "reports/training/dpo.json").read_text())["trained"] is False

@@ -10,6 +10,7 @@ when ``TrainConfig.deepspeed`` is given. With ``checkpoint_dir`` it checkpoints 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,9 +80,12 @@ class CachedPairs:
 def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversion: InversionConfig,
                      alphas_cumprod, log: Callable[[int, dict], None] | None = None):
     """Fine-tune a copy of ``base_unet`` (the frozen reference) on ``data``; returns the policy."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1 and config.checkpoint_dir:
+        raise ValueError("checkpoints are single-process for now: set no checkpoint_dir with several processes")
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed + rank)  # each rank draws its own batches
+    generator = torch.Generator().manual_seed(config.seed + rank)
     reference = base_unet.eval().requires_grad_(False)
     policy = copy.deepcopy(base_unet).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)

@@ -48,29 +48,71 @@ def train_objective(objective: str, preference_pairs, base_model, train: TrainPa
                                         sorted(pairs.pair_id)], default=str).encode()).hexdigest()[:12]
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
-    records = []
     from smpo_pipeline.training.checkpoints import latest
 
-    resuming = latest(config.checkpoint_dir) is not None  # dvclive then continues its step count
+    if train.num_processes > 1:  # checkpoints are single-process for now
+        config = replace(config, checkpoint_dir=None)
+        records, policy = _train_in_processes(objective, base_model, pairs, config, inversion, train, cache)
+        resuming = False
+    else:
+        records = []
+        resuming = latest(config.checkpoint_dir) is not None  # dvclive then continues its step count
     with Live(dir=f"reports/training/{objective}", resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        def log_step(step: int, record: dict) -> None:
-            records.append(record)
+        def log_step(record: dict) -> None:
             for name, value in record.items():
-                live.log_metric(name, value)
+                if name != "step":
+                    live.log_metric(name, value)
             live.next_step()
 
-        policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
-                                  DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, log_step)
+        if train.num_processes > 1:
+            for record in records:
+                log_step(record)
+        else:
+            def collect(step: int, record: dict) -> None:
+                records.append(record)
+                log_step(record)
+
+            policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
+                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect)
     trained = type(base_model)(**{**base_model.components, "unet": policy})
     tail = records[-min(20, len(records)):]
     summary = {"objective": objective, "trained": True, "forward_noise": noise, "pairs": len(pairs),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
-               "steps": train.steps, "zero_stage": train.zero_stage if ds else None,
+               "steps": train.steps, "zero_stage": train.zero_stage if ds else None, "processes": train.num_processes,
                "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5) if tail else None,
                "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4) if tail else None,
                "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4) if records else None}
     log.info("Trained %s: %s", objective, summary)
     return trained, summary
+
+
+def _train_in_processes(objective, base_model, pairs, config, inversion, train: TrainParams, cache: CacheParams):
+    """Run ``smpo_pipeline.training.launch`` under torchrun with ``train.num_processes`` ranks."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base_model.save_pretrained(tmp / "model")
+        pairs.to_parquet(tmp / "pairs.parquet")
+        spec = {"model": str(tmp / "model"), "cache": str(Path(cache.root).resolve()), "pairs": str(tmp / "pairs.parquet"),
+                "config": asdict(config), "inversion": asdict(inversion), "output": str(tmp / "out"),
+                "threads_per_rank": 1}
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={train.num_processes}",
+                   "-m", "smpo_pipeline.training.launch", str(tmp / "spec.json")]
+        log.info("Launching %s on %d processes: %s", objective, train.num_processes, " ".join(command))
+        subprocess.run(command, check=True)
+        digests = {(tmp / "out" / f"rank{r}.sha256").read_text() for r in range(train.num_processes)}
+        if len(digests) != 1:
+            raise RuntimeError(f"{objective}: the {train.num_processes} ranks ended with different weights")
+        policy = copy.deepcopy(base_model.unet)
+        policy.load_state_dict(load_file(tmp / "out" / "unet.safetensors"))
+        records = [json.loads(line) for line in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
+    return records, policy.eval()
 
 
 def train_dpo(preference_pairs, base_model, train: TrainParams, cache: CacheParams):
