@@ -12,6 +12,27 @@ from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.training.step import PairBatch, noisy_inputs, preference_loss
 
 
+def training_set(tiny_pipeline_dir, root, n=4, probs=(0.9, 0.7, 0.6, 0.8)):
+    """A cache of ``n`` pairs of renders (K = 5) under ``root / "cache"`` and their pair table
+    (also written to ``root / "pairs.parquet"``): (pipeline, pairs, cache reader, fingerprints)."""
+    import pandas as pd
+    from diffusers import StableDiffusionXLPipeline
+
+    from smpo_pipeline.pickapic import jpeg_bytes
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints, build_cache
+    from smpo_pipeline.world.grammar import all_compositions
+    from smpo_pipeline.world.render import render
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
+    comps = all_compositions()[:n]
+    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
+    build_cache(pipe, items, root / "cache", InversionConfig(5, 1), batch_size=8, progress=False)
+    pairs = pd.DataFrame({"image_w_uid": [f"w{i}" for i in range(n)], "image_l_uid": [f"l{i}" for i in range(n)],
+                          "caption": [c.prompt for c in comps], "p": list(probs[:n])})
+    pairs.to_parquet(root / "pairs.parquet")
+    return pipe, pairs, CacheReader(root / "cache"), Fingerprints.of(pipe, InversionConfig(5, 1))
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_pipeline_dir):
     from diffusers import DDPMScheduler, StableDiffusionXLPipeline
@@ -65,23 +86,13 @@ def test_a_step_moves_the_policy_and_never_the_reference(setup):
 
 @pytest.mark.parametrize("inversion", ["cached", "online", "none"])
 def test_the_training_loop_reads_the_cache_and_trains_in_every_noise_mode(tiny_pipeline_dir, tmp_path, inversion):
-    import pandas as pd
-    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+    from diffusers import DDPMScheduler
 
-    from smpo_pipeline.pickapic import jpeg_bytes
     from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints, build_cache
-    from smpo_pipeline.world.grammar import all_compositions
-    from smpo_pipeline.world.render import render
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
-    comps = all_compositions()[:4]
-    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
+    pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, probs=(0.9, 0.7, 0.6, 0.55))
     config = InversionConfig(5, 1)
-    build_cache(pipe, items, tmp_path, config, batch_size=8, progress=False)
-    pairs = pd.DataFrame({"image_w_uid": [f"w{i}" for i in range(4)], "image_l_uid": [f"l{i}" for i in range(4)],
-                          "caption": [c.prompt for c in comps], "p": [0.9, 0.7, 0.6, 0.55]})
-    data = CachedPairs(pairs, CacheReader(tmp_path), Fingerprints.of(pipe, config), inversion == "cached")
+    data = CachedPairs(pairs, reader, prints, inversion == "cached")
     records = []
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     policy = train_preference(pipe.unet, data, TrainConfig("smpo", 5000.0, 10.0, inversion, 3, 2, 1e-4, 1, 1.0, 0.2, 0),
@@ -96,23 +107,13 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     """DeepSpeed ZeRO on CPU (gloo), one process: the policy moves, the reference does not."""
     import json
 
-    import pandas as pd
-    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+    from diffusers import DDPMScheduler
 
-    from smpo_pipeline.pickapic import jpeg_bytes
     from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints, build_cache
-    from smpo_pipeline.world.grammar import all_compositions
-    from smpo_pipeline.world.render import render
     from tests.conftest import PROJECT_ROOT
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
-    comps = all_compositions()[:2]
-    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
-    build_cache(pipe, items, tmp_path, InversionConfig(5, 1), batch_size=4, progress=False)
-    pairs = pd.DataFrame({"image_w_uid": ["w0", "w1"], "image_l_uid": ["l0", "l1"], "caption": [c.prompt for c in comps],
-                          "p": [0.9, 0.7]})
-    data = CachedPairs(pairs, CacheReader(tmp_path), Fingerprints.of(pipe, InversionConfig(5, 1)), True)
+    pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, n=2)
+    data = CachedPairs(pairs, reader, prints, True)
     ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()) | {"zero_optimization": {"stage": stage}}
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     records = []
@@ -152,25 +153,14 @@ train_preference(pipe.unet, data, config, inv, DDPMScheduler(**NOISE_SCHEDULE).a
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path, engine):
     import json
+    import os
     import subprocess
     import sys
     import textwrap
 
-    import pandas as pd
-    from diffusers import StableDiffusionXLPipeline
-
-    from smpo_pipeline.pickapic import jpeg_bytes
-    from smpo_pipeline.training_cache import build_cache
-    from smpo_pipeline.world.grammar import all_compositions
-    from smpo_pipeline.world.render import render
     from tests.conftest import PROJECT_ROOT
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
-    comps = all_compositions()[:4]
-    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
-    build_cache(pipe, items, tmp_path / "cache", InversionConfig(5, 1), batch_size=8, progress=False)
-    pd.DataFrame({"image_w_uid": [f"w{i}" for i in range(4)], "image_l_uid": [f"l{i}" for i in range(4)],
-                  "caption": [c.prompt for c in comps], "p": [0.9, 0.7, 0.6, 0.8]}).to_parquet(tmp_path / "pairs.parquet")
+    training_set(tiny_pipeline_dir, tmp_path)
     ds = "none"
     if engine == "deepspeed":
         ds = (PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()
@@ -178,7 +168,10 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_
     def run(name, kill_at):
         args = [str(tiny_pipeline_dir), str(tmp_path / "cache"), str(tmp_path / "pairs.parquet"), str(tmp_path / name),
                 str(tmp_path / f"{name}.jsonl"), str(kill_at), ds]
-        return subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], capture_output=True, text=True)
+        # A fresh process group of its own: not the one earlier in-process DeepSpeed tests left here.
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], capture_output=True,
+                              text=True, env=env)
 
     def losses(name):
         return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
@@ -205,22 +198,10 @@ def test_two_processes_train_under_zero2_and_stay_in_sync(tiny_pipeline_dir, tmp
     import sys
     from dataclasses import asdict
 
-    import pandas as pd
-    from diffusers import StableDiffusionXLPipeline
-
-    from smpo_pipeline.pickapic import jpeg_bytes
     from smpo_pipeline.training.trainer import TrainConfig
-    from smpo_pipeline.training_cache import build_cache
-    from smpo_pipeline.world.grammar import all_compositions
-    from smpo_pipeline.world.render import render
     from tests.conftest import PROJECT_ROOT
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
-    comps = all_compositions()[:4]
-    items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
-    build_cache(pipe, items, tmp_path / "cache", InversionConfig(5, 1), batch_size=8, progress=False)
-    pd.DataFrame({"image_w_uid": [f"w{i}" for i in range(4)], "image_l_uid": [f"l{i}" for i in range(4)],
-                  "caption": [c.prompt for c in comps], "p": [0.9, 0.7, 0.6, 0.8]}).to_parquet(tmp_path / "pairs.parquet")
+    training_set(tiny_pipeline_dir, tmp_path)
     ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text())
     config = TrainConfig("smpo", 5000.0, 10.0, "cached", 2, 2, 1e-3, 1, 1.0, 0.0, 0, ds)
     spec = {"model": str(tiny_pipeline_dir), "cache": str(tmp_path / "cache"), "pairs": str(tmp_path / "pairs.parquet"),

@@ -163,11 +163,8 @@ class CacheParams(_Section):
     inversion: InversionParams = InversionParams()
 
 
-class TrainEvaluationParams(_Section):
-    steps: PositiveInt = 20
-    guidance_scale: PositiveFloat = 3.0
+class TrainEvaluationParams(SamplingParams):
     seeds_per_prompt: PositiveInt = 2
-    batch_size: PositiveInt = 64
 
 
 class TrainParams(_Section):
