@@ -64,3 +64,10 @@ def test_the_node_launches_several_processes_with_torchrun(trained_project):
     summary = json.loads((trained_project / "reports/training/smpo.json").read_text())
     assert summary["processes"] == 2 and summary["steps_run_now"] == 2 and summary["checkpoints"] is None
     assert json.loads((trained_project / "reports/training/dpo.json").read_text())["trained"] is False
+
+
+@pytest.mark.slow
+def test_a_cache_built_with_other_inversion_settings_is_refused(trained_project):
+    changed = CHAIN | {"cache": CHAIN["cache"] | {"inversion": {"num_steps": 4}}}
+    with pytest.raises(ValueError, match=r"rebuild it with `kedro run --pipeline cache`"):
+        run_kedro(trained_project, ["train"], changed)

@@ -16,7 +16,17 @@ from smpo_pipeline.params import CacheParams, TrainParams, WorldParams
 log = logging.getLogger(__name__)
 
 
-def train_objective(objective: str, preference_pairs, base_model, train: TrainParams, cache: CacheParams):
+def _check_cache(cache_report: dict, prints, inversion) -> None:
+    """The cache must have been built from this base model with these inversion settings."""
+    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text,
+              "inversion": asdict(inversion)}
+    if not any(all(b.get(k) == v for k, v in wanted.items()) for b in cache_report.get("built_with", [])):
+        raise ValueError(f"the training cache was built with {cache_report.get('built_with')}, not with the current "
+                         f"base model and cache.inversion {wanted}: rebuild it with `kedro run --pipeline cache`")
+
+
+def train_objective(objective: str, preference_pairs, base_model, cache_report: dict, train: TrainParams,
+                    cache: CacheParams):
     """Fine-tune the base model's UNet with ``objective`` on the train split, reading latents,
     embeddings and (SmPO, cached) trajectories from the cache. Returns the full SDXL pipeline with
     the trained UNet, and a summary of the run; per-step metrics go to dvclive under
@@ -36,7 +46,9 @@ def train_objective(objective: str, preference_pairs, base_model, train: TrainPa
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
     noise = train.inversion if objective == "smpo" else "none"
     pairs = preference_pairs[preference_pairs.split == "train"]
-    data = CachedPairs(pairs, CacheReader(Path(cache.root)), Fingerprints.of(base_model, inversion), noise == "cached")
+    prints = Fingerprints.of(base_model, inversion)
+    _check_cache(cache_report, prints, inversion)
+    data = CachedPairs(pairs, CacheReader(Path(cache.root)), prints, noise == "cached")
     ds = None
     if train.deepspeed_config:
         ds = json.loads(Path(train.deepspeed_config).read_text()) | {"zero_optimization": {"stage": train.zero_stage}}
@@ -44,7 +56,7 @@ def train_objective(objective: str, preference_pairs, base_model, train: TrainPa
                          train.learning_rate, train.warmup_steps, train.grad_clip, train.caption_dropout, train.seed, ds)
     # Checkpoints of one run live under a hash of everything the run depends on, so a re-run with the
     # same settings resumes (or finds the run finished) and a changed setting starts afresh.
-    run_id = hashlib.sha256(json.dumps([asdict(config), Fingerprints.of(base_model, inversion).unet,
+    run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet,
                                         sorted(pairs.pair_id)], default=str).encode()).hexdigest()[:12]
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
@@ -115,14 +127,14 @@ def _train_in_processes(objective, base_model, pairs, config, inversion, train: 
     return records, policy.eval()
 
 
-def train_dpo(preference_pairs, base_model, train: TrainParams, cache: CacheParams):
+def train_dpo(preference_pairs, base_model, cache_report: dict, train: TrainParams, cache: CacheParams):
     """Diffusion-DPO: random forward noise, β from ``train.beta.dpo``."""
-    return train_objective("dpo", preference_pairs, base_model, train, cache)
+    return train_objective("dpo", preference_pairs, base_model, cache_report, train, cache)
 
 
-def train_smpo(preference_pairs, base_model, train: TrainParams, cache: CacheParams):
+def train_smpo(preference_pairs, base_model, cache_report: dict, train: TrainParams, cache: CacheParams):
     """SmPO: smoothed-probability weights, forward noise from ``train.inversion``."""
-    return train_objective("smpo", preference_pairs, base_model, train, cache)
+    return train_objective("smpo", preference_pairs, base_model, cache_report, train, cache)
 
 
 def compare_on_validation_prompts(base_model, dpo_model, smpo_model, prompts_validation: list[str],

@@ -6,7 +6,8 @@ from smpo_pipeline.pipelines.train.nodes import compare_on_validation_prompts, t
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    inputs = ["preference_pairs", "base_model", "params:train", "params:cache"]
+    # cache_report ties training to the cache it reads (and is checked against the base model).
+    inputs = ["preference_pairs", "base_model", "cache_report", "params:train", "params:cache"]
     return Pipeline(
         [
             Node(train_dpo, inputs, ["dpo_model", "dpo_training_summary"], name="train_dpo"),
