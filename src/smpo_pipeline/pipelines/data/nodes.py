@@ -69,14 +69,12 @@ def assemble_clean_pairs(shard_validation: dict, data: DataParams):
     names = [Path(shard["shard"]).stem for shard in s["shards"]]
     pairs = pd.concat([pd.read_parquet(work_dir / f"{n}.pairs.parquet") for n in names], ignore_index=True)
     pairs["split"] = [caption_split(c, data.validation_share) for c in pairs["caption"]]
-    pairs["image_file"] = None  # filled below: where each image's bytes are stored (once)
-    where = {}
+    where = {}  # image uid → the images file holding its bytes (each image is stored once)
     for n in names:
         for uid in pq.read_table(work_dir / f"{n}.images.parquet", columns=["image_uid"]).column(0).to_pylist():
             where.setdefault(uid, f"{n}.images.parquet")
     pairs["image_0_file"] = pairs["image_0_uid"].map(where)
     pairs["image_1_file"] = pairs["image_1_uid"].map(where)
-    pairs = pairs.drop(columns="image_file")
 
     quarantine = (pq.read_table(work_dir / f"{n}.quarantine.parquet") for n in names)
     split_counts = pairs["split"].value_counts().to_dict()
