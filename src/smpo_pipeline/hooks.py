@@ -5,7 +5,7 @@ from __future__ import annotations
 from kedro.framework.hooks import hook_impl
 
 from smpo_pipeline.params import validate_parameters
-from smpo_pipeline.runtime import apply_project_environment, set_hf_hub_offline
+from smpo_pipeline.runtime import apply_project_environment, set_hf_hub_offline, set_torch_threads
 
 
 class ProjectEnvironmentHooks:
@@ -15,3 +15,4 @@ class ProjectEnvironmentHooks:
         # Validated on load: a wrong key or value stops the run here, naming the key.
         params = validate_parameters(context.params)
         set_hf_hub_offline(params.runtime.hf_hub_offline)
+        set_torch_threads(params.runtime.num_threads)  # 0 imports nothing: `kedro viz build` stays quick
