@@ -23,6 +23,7 @@ from smpo_pipeline.inversion import (
 )
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.pickapic import jpeg_bytes
+from smpo_pipeline.runtime import torchrun_command
 from smpo_pipeline.training_cache import CacheReader, Fingerprints, ShardedCache, build_cache
 from smpo_pipeline.world.grammar import all_compositions
 from smpo_pipeline.world.render import render
@@ -211,9 +212,9 @@ def test_two_processes_split_the_work_without_overlap(tiny_pipeline_dir, tmp_pat
                              "jpg": [b for _, _, b in items]}), tmp_path / "items.parquet")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-         "smpo_pipeline.training_cache", "--model", str(tiny_pipeline_dir), "--items", str(tmp_path / "items.parquet"),
-         "--root", str(tmp_path / "cache"), "--batch-size", "2", "--threads", "1"],
+        torchrun_command(2, "smpo_pipeline.training_cache", "--model", str(tiny_pipeline_dir),
+                         "--items", str(tmp_path / "items.parquet"), "--root", str(tmp_path / "cache"),
+                         "--batch-size", "2", "--threads", "1"),
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]

@@ -9,6 +9,7 @@ import torch
 
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+from smpo_pipeline.runtime import environment_without_process_group, torchrun_command
 from smpo_pipeline.training.step import PairBatch, noisy_inputs, preference_loss
 
 
@@ -153,7 +154,6 @@ train_preference(pipe.unet, data, config, inv, DDPMScheduler(**NOISE_SCHEDULE).a
 @pytest.mark.parametrize("engine", ["torch", "deepspeed"])
 def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path, engine):
     import json
-    import os
     import subprocess
     import sys
     import textwrap
@@ -169,9 +169,8 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_
         args = [str(tiny_pipeline_dir), str(tmp_path / "cache"), str(tmp_path / "pairs.parquet"), str(tmp_path / name),
                 str(tmp_path / f"{name}.jsonl"), str(kill_at), ds]
         # A fresh process group of its own: not the one earlier in-process DeepSpeed tests left here.
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
         return subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], capture_output=True,
-                              text=True, env=env)
+                              text=True, env=environment_without_process_group())
 
     def losses(name):
         return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
@@ -193,9 +192,7 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_
 def test_two_processes_train_under_zero2_and_stay_in_sync(tiny_pipeline_dir, tmp_path):
     """The multi-process entry point under torchrun: 2 CPU ranks, ZeRO-2, gloo."""
     import json
-    import os
     import subprocess
-    import sys
     from dataclasses import asdict
 
     from smpo_pipeline.training.trainer import TrainConfig
@@ -207,10 +204,9 @@ def test_two_processes_train_under_zero2_and_stay_in_sync(tiny_pipeline_dir, tmp
     spec = {"model": str(tiny_pipeline_dir), "cache": str(tmp_path / "cache"), "pairs": str(tmp_path / "pairs.parquet"),
             "config": asdict(config), "inversion": asdict(InversionConfig(5, 1)), "output": str(tmp_path / "out")}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "smpo_pipeline.training.launch", str(tmp_path / "spec.json")],
-                         capture_output=True, text=True, env=env | {"OMP_NUM_THREADS": "1"}, timeout=600)
+    out = subprocess.run(torchrun_command(2, "smpo_pipeline.training.launch", str(tmp_path / "spec.json")),
+                         capture_output=True, text=True, env=environment_without_process_group() | {"OMP_NUM_THREADS": "1"},
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     digests = [(tmp_path / f"out/rank{r}.sha256").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]  # gradients were averaged: both ranks hold the same weights

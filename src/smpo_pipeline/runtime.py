@@ -45,6 +45,23 @@ def set_hf_hub_offline(offline: bool) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1" if offline else "0"
 
 
+PROCESS_GROUP_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def torchrun_command(num_processes: int, module: str, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=N -m module args`` with this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+            "-m", module, *args]
+
+
+def environment_without_process_group() -> dict[str, str]:
+    """This process's environment less the variables of a process group it may have joined
+    in-process (DeepSpeed), so that a child process starts a group of its own."""
+    return {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARIABLES}
+
+
 def set_torch_threads(num_threads: int | None) -> None:
     """Use ``num_threads`` intra-op threads (``None``/0: torch's default, one per core)."""
     import torch

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -29,10 +28,10 @@ def main(spec_path: str) -> None:
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints, rank_and_world
 
     spec = json.loads(Path(spec_path).read_text())
-    rank = int(os.environ.get("RANK", 0))
+    rank, _ = rank_and_world()
     torch.set_num_threads(int(spec.get("threads_per_rank", 1)))
     pipe = StableDiffusionXLPipeline.from_pretrained(spec["model"])
     inversion = InversionConfig(**spec["inversion"])

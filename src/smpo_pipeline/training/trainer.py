@@ -10,7 +10,6 @@ when ``TrainConfig.deepspeed`` is given. With ``checkpoint_dir`` it checkpoints 
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from smpo_pipeline.models.conditioning import drop_captions
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.training import checkpoints
 from smpo_pipeline.training.step import PairBatch, preference_loss
-from smpo_pipeline.training_cache import CacheReader, Fingerprints
+from smpo_pipeline.training_cache import CacheReader, Fingerprints, rank_and_world
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class CachedPairs:
 def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversion: InversionConfig,
                      alphas_cumprod, log: Callable[[int, dict], None] | None = None):
     """Fine-tune a copy of ``base_unet`` (the frozen reference) on ``data``; returns the policy."""
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size = rank_and_world()
     if world_size > 1 and config.checkpoint_dir:
         raise ValueError("checkpoints are single-process for now: set no checkpoint_dir with several processes")
     torch.manual_seed(config.seed)

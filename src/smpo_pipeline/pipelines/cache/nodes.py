@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from smpo_pipeline.params import CacheParams, DataParams, RuntimeParams
+from smpo_pipeline.runtime import torchrun_command
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,12 @@ def _launch(items, base_model, cache: CacheParams, runtime: RuntimeParams) -> No
                                  "jpg": [b for _, _, b in items]}), tmp / "items.parquet")
         base_model.save_pretrained(tmp / "model")
         threads = max(1, (runtime.num_threads or 2) // cache.num_processes)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cache.num_processes}",
-                   "-m", "smpo_pipeline.training_cache", "--model", str(tmp / "model"), "--items", str(tmp / "items.parquet"),
-                   "--root", cache.root, "--num-steps", str(cache.inversion.num_steps),
-                   "--renoise-iterations", str(cache.inversion.renoise_iterations),
-                   "--guidance-scale", str(cache.inversion.guidance_scale), "--batch-size", str(cache.batch_size),
-                   "--dtype", cache.storage_dtype, "--threads", str(threads)]
+        command = torchrun_command(
+            cache.num_processes, "smpo_pipeline.training_cache", "--model", str(tmp / "model"),
+            "--items", str(tmp / "items.parquet"), "--root", cache.root, "--num-steps", str(cache.inversion.num_steps),
+            "--renoise-iterations", str(cache.inversion.renoise_iterations),
+            "--guidance-scale", str(cache.inversion.guidance_scale), "--batch-size", str(cache.batch_size),
+            "--dtype", cache.storage_dtype, "--threads", str(threads),
+        )
         log.info("Launching: %s", " ".join(command))
         subprocess.run(command, check=True)

@@ -101,10 +101,11 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
 def _train_in_processes(objective, base_model, pairs, config, inversion, train: TrainParams, cache: CacheParams):
     """Run ``smpo_pipeline.training.launch`` under torchrun with ``train.num_processes`` ranks."""
     import subprocess
-    import sys
     import tempfile
 
     from safetensors.torch import load_file
+
+    from smpo_pipeline.runtime import torchrun_command
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -114,8 +115,7 @@ def _train_in_processes(objective, base_model, pairs, config, inversion, train: 
                 "config": asdict(config), "inversion": asdict(inversion), "output": str(tmp / "out"),
                 "threads_per_rank": 1}
         (tmp / "spec.json").write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={train.num_processes}",
-                   "-m", "smpo_pipeline.training.launch", str(tmp / "spec.json")]
+        command = torchrun_command(train.num_processes, "smpo_pipeline.training.launch", str(tmp / "spec.json"))
         log.info("Launching %s on %d processes: %s", objective, train.num_processes, " ".join(command))
         subprocess.run(command, check=True)
         digests = {(tmp / "out" / f"rank{r}.sha256").read_text() for r in range(train.num_processes)}
