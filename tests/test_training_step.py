@@ -134,25 +134,29 @@ import smpo_pipeline
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from smpo_pipeline.inversion import InversionConfig
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, DROConfig, TrainConfig, expert_pool, train_preference
 from smpo_pipeline.training_cache import CacheReader, Fingerprints
-model, cache, pairs, ckpt, log_file, kill_at, deepspeed = sys.argv[1:]
+model, cache, pairs, ckpt, log_file, kill_at, deepspeed, objective = sys.argv[1:]
 pipe = StableDiffusionXLPipeline.from_pretrained(model)
 inv = InversionConfig(5, 1)
-data = CachedPairs(pd.read_parquet(pairs), CacheReader(Path(cache)), Fingerprints.of(pipe, inv), True)
+reader, prints = CacheReader(Path(cache)), Fingerprints.of(pipe, inv)
+data = CachedPairs(pd.read_parquet(pairs), reader, prints, True)
+experts = CachedExperts(expert_pool(pd.read_parquet(pairs)), reader, prints)
 ds = json.loads(deepspeed) if deepspeed != "none" else None
-config = TrainConfig("smpo", 5000.0, 10.0, "cached", 6, 2, 1e-3, 1, 1.0, 0.5, 0, ds, ckpt, 2, 2)
+# DRO: a sampling network refreshed every 3 steps and a buffer of 3 states: both must be restored.
+config = TrainConfig(objective, 5000.0, 10.0, "cached", 6, 2, 1e-3, 1, 1.0, 0.5, 0, ds, ckpt, 2, 2,
+                     dro=DROConfig(refresh_every=3, buffer_size=3))
 def log(step, record):
     with open(log_file, "a") as f:
         f.write(json.dumps({"step": step, "loss": record["loss"]}) + "\\n")
     if step == int(kill_at):
         os.kill(os.getpid(), signal.SIGKILL)   # kill -9 in the middle of the run
-train_preference(pipe.unet, data, config, inv, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, log)
+train_preference(pipe.unet, data, config, inv, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, log, experts)
 """
 
 
-@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
-def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path, engine):
+@pytest.mark.parametrize(("engine", "objective"), [("torch", "smpo"), ("deepspeed", "smpo"), ("torch", "dro")])
+def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path, engine, objective):
     import json
     import subprocess
     import sys
@@ -167,7 +171,7 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_
 
     def run(name, kill_at):
         args = [str(tiny_pipeline_dir), str(tmp_path / "cache"), str(tmp_path / "pairs.parquet"), str(tmp_path / name),
-                str(tmp_path / f"{name}.jsonl"), str(kill_at), ds]
+                str(tmp_path / f"{name}.jsonl"), str(kill_at), ds, objective]
         # A fresh process group of its own: not the one earlier in-process DeepSpeed tests left here.
         return subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], capture_output=True,
                               text=True, env=environment_without_process_group())
@@ -189,8 +193,11 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_
     assert sorted(p.name for p in (tmp_path / "killed").glob("step-*")) == ["step-0000004", "step-0000006"]  # keep_last 2
 
 
-def test_two_processes_train_under_zero2_and_stay_in_sync(tiny_pipeline_dir, tmp_path):
-    """The multi-process entry point under torchrun: 2 CPU ranks, ZeRO-2, gloo."""
+def test_two_processes_train_under_zero2_stay_in_sync_and_resume_from_their_checkpoint(tiny_pipeline_dir, tmp_path):
+    """The multi-process entry point under torchrun: 2 CPU ranks, ZeRO-2, gloo; a checkpoint written
+    by both ranks continues the same loss curve."""
+    import shutil
+
     import json
     import subprocess
     from dataclasses import asdict
@@ -200,16 +207,29 @@ def test_two_processes_train_under_zero2_and_stay_in_sync(tiny_pipeline_dir, tmp
 
     training_set(tiny_pipeline_dir, tmp_path)
     ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text())
-    config = TrainConfig("smpo", 5000.0, 10.0, "cached", 2, 2, 1e-3, 1, 1.0, 0.0, 0, ds)
+    config = TrainConfig("smpo", 5000.0, 10.0, "cached", 4, 2, 1e-3, 1, 1.0, 0.0, 0, ds, str(tmp_path / "ckpt"), 2, 2)
     spec = {"model": str(tiny_pipeline_dir), "cache": str(tmp_path / "cache"), "pairs": str(tmp_path / "pairs.parquet"),
             "config": asdict(config), "inversion": asdict(InversionConfig(5, 1)), "output": str(tmp_path / "out")}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    out = subprocess.run(torchrun_command(2, "smpo_pipeline.training.launch", str(tmp_path / "spec.json")),
-                         capture_output=True, text=True, env=environment_without_process_group() | {"OMP_NUM_THREADS": "1"},
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    digests = [(tmp_path / f"out/rank{r}.sha256").read_text() for r in (0, 1)]
-    assert digests[0] == digests[1]  # gradients were averaged: both ranks hold the same weights
-    records = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [0, 1]
+
+    def launch():
+        out = subprocess.run(torchrun_command(2, "smpo_pipeline.training.launch", str(tmp_path / "spec.json")),
+                             capture_output=True, text=True,
+                             env=environment_without_process_group() | {"OMP_NUM_THREADS": "1"}, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        digests = [(tmp_path / f"out/rank{r}.sha256").read_text() for r in (0, 1)]
+        assert digests[0] == digests[1]  # gradients were averaged: both ranks hold the same weights
+        return [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
+
+    straight = launch()
+    assert [r["step"] for r in straight] == [0, 1, 2, 3]
     assert (tmp_path / "out/unet.safetensors").is_file()
+    step2 = tmp_path / "ckpt/step-0000002"
+    assert sorted(p.name for p in step2.glob("*rank*")) == ["data-rank0.json", "data-rank1.json",
+                                                            "rng-rank0.pt", "rng-rank1.pt"]
+    shutil.rmtree(tmp_path / "ckpt/step-0000004")  # as if killed after step 2's checkpoint
+    (tmp_path / "out/metrics.jsonl").unlink()
+    resumed = launch()
+    assert [r["step"] for r in resumed] == [2, 3]
+    for a, b in zip(resumed, straight[2:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)

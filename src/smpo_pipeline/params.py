@@ -167,27 +167,71 @@ class TrainEvaluationParams(SamplingParams):
     seeds_per_prompt: PositiveInt = 2
 
 
+Objective = Literal["dpo", "smpo", "dro"]
+
+
+class DROParams(_Section):
+    """Diffusion-DRO (``../shared/reference/objectives.md``): expert images and online policy samples."""
+
+    margin: PositiveFloat = 0.001  # official
+    experts: Literal["winners", "top_k"] = "winners"  # the preferred image of each pair, or top-K by reward
+    top_k: PositiveInt | None = None  # with experts: top_k (None: every image, ranked)
+    refresh_every: PositiveInt = 1  # M: optimiser steps between refreshes of the sampling network (official 1)
+    buffer_size: PositiveInt = 64  # policy states kept in the replay buffer
+    sampler_steps: PositiveInt = 20  # DPM-Solver++ (official 20)
+    sampler_guidance: float = Field(1.0, ge=1.0)  # official 1.0
+    jitter: bool = True  # per-sample shifted timestep grids
+
+
+class LoRAParams(_Section):
+    rank: int = Field(0, ge=0, description="0: full fine-tune")
+    alpha: PositiveFloat | None = None  # None: = rank
+
+
 class TrainParams(_Section):
     """Preference training (``pipelines/train``): one model per objective."""
 
-    objectives: tuple[Literal["dpo", "smpo"], ...] = ("dpo", "smpo")
+    objectives: tuple[Objective, ...] = ("dpo", "smpo", "dro")
     inversion: Literal["cached", "online", "none"] = "cached"  # SmPO's forward noise (DPO: none)
     beta: dict[Literal["dpo", "smpo"], PositiveFloat] = Field(default_factory=lambda: {"dpo": 5000.0, "smpo": 5000.0})
     gamma: PositiveFloat = 10.0
     steps: PositiveInt = 200
-    batch_size: PositiveInt = 16
-    learning_rate: PositiveFloat = 1e-5
+    batch_size: PositiveInt = 16  # pairs (DRO: expert/policy rows) per micro-batch and process
+    gradient_accumulation: PositiveInt = 1
+    learning_rate: PositiveFloat | dict[Objective, PositiveFloat] = 1e-5  # one for all, or per objective
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    weight_decay: float = Field(0.01, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after the warmup
     warmup_steps: int = Field(20, ge=0)
     grad_clip: PositiveFloat = 1.0
     caption_dropout: float = Field(0.2, ge=0, lt=1)
+    gradient_checkpointing: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16: under DeepSpeed only (loss scaling)
+    lora: LoRAParams = LoRAParams()
+    dro: DROParams = DROParams()
     seed: int = 0
     deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
     zero_stage: Literal[0, 1, 2, 3] = 2
-    num_processes: PositiveInt = 1  # > 1: launched with torchrun, one rank each (checkpoints off)
+    num_processes: PositiveInt = 1  # > 1: launched with torchrun, one rank each
     checkpoint_root: str = "data/06_models/checkpoints"
     checkpoint_every: PositiveInt = 50
     keep_last: PositiveInt = 2
     evaluation: TrainEvaluationParams = TrainEvaluationParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        if isinstance(self.learning_rate, dict) and (missing := set(self.objectives) - set(self.learning_rate)):
+            raise ValueError(f"learning_rate has no value for {sorted(missing)}")
+        if missing := {"dpo", "smpo"} & set(self.objectives) - set(self.beta):
+            raise ValueError(f"beta has no value for {sorted(missing)}")
+        if self.precision == "fp16" and self.deepspeed_config is None:
+            raise ValueError("precision fp16 needs DeepSpeed's loss scaling: set deepspeed_config, or use bf16")
+        if self.num_processes > 1 and self.deepspeed_config is None:
+            raise ValueError("num_processes > 1 needs deepspeed_config (DeepSpeed averages the gradients)")
+        return self
+
+    def lr_for(self, objective: str) -> float:
+        return self.learning_rate[objective] if isinstance(self.learning_rate, dict) else self.learning_rate
 
 
 class ProjectParams(_Section):

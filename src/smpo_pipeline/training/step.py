@@ -1,4 +1,5 @@
-"""One preference-training step on a batch of pairs, from cached latents and conditioning.
+"""One training step's loss, from cached latents and conditioning: a batch of preference pairs
+(DPO, SmPO) or a batch of expert images with policy states (DRO).
 
 The forward noise of a pair (same timestep and, for random noise, the same noise for both images,
 as every official implementation does) comes from one of three sources, ``noise_mode``:
@@ -10,6 +11,9 @@ as every official implementation does) comes from one of three sources, ``noise_
   policy UNet (no grad) for every pair at every step. With per-pair timesteps, the grid is run up
   to the batch's largest t and each pair takes its own point (the official code shares one t per
   batch).
+
+Inputs are cast to the UNet's parameter dtype (bf16/fp16 under DeepSpeed's mixed precision); the
+MSE is always computed in fp32.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from smpo_pipeline.inversion import InversionConfig, renoise_inversion, smpo_target
-from smpo_pipeline.objectives import dpo_loss, smpo_loss
+from smpo_pipeline.objectives import dpo_loss, dro_loss, smpo_loss
 
 
 @dataclass
@@ -37,9 +41,30 @@ class PairBatch:
         return self.latents_w.shape[0]
 
 
+@dataclass
+class DROBatch:
+    """Diffusion-DRO's two halves, sharing prompt and timestep row by row."""
+
+    expert_latents: torch.Tensor  # [B, C, H, W], clean latents of expert images
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+    time_ids: torch.Tensor
+    policy_x_t: torch.Tensor  # [B, C, H, W], states of the policy's own sampling trajectories
+    timesteps: torch.Tensor  # [B], the states' timesteps (the expert half is noised to the same t)
+    policy_targets: torch.Tensor  # [B, C, H, W], the sampling network's ε at those states
+
+    def __len__(self) -> int:
+        return self.expert_latents.shape[0]
+
+
+def unet_dtype(unet) -> torch.dtype:
+    return getattr(getattr(unet, "module", unet), "dtype", torch.float32)
+
+
 def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> torch.Tensor:
-    pred = unet(x_t, timesteps, encoder_hidden_states=embeds,
-                added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+    dtype = unet_dtype(unet)
+    pred = unet(x_t.to(dtype), timesteps, encoder_hidden_states=embeds.to(dtype),
+                added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
 
@@ -81,3 +106,19 @@ def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: s
     if objective == "smpo":
         return smpo_loss(model_w, model_l, ref_w, ref_l, beta, batch.prob, gamma)
     raise ValueError(f"unknown objective {objective!r}")
+
+
+def dro_batch_loss(policy, reference, batch: DROBatch, margin: float, alphas_cumprod, generator=None):
+    """Diffusion-DRO's hinge loss (``objectives.dro_loss``): expert images with fresh noise ε̄ at t,
+    target ε̄; policy states x_t with the sampling network's own ε as target."""
+    x0 = batch.expert_latents
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    a = alphas_cumprod.to(x0.device)[batch.timesteps].view(-1, 1, 1, 1).to(x0.dtype)
+    x_t = torch.cat([a.sqrt() * x0 + (1 - a).sqrt() * noise, batch.policy_x_t.to(x0)])
+    target = torch.cat([noise, batch.policy_targets.to(x0)])
+    cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
+    t2 = batch.timesteps.repeat(2)
+    model_expert, model_policy = per_sample_mse(policy, x_t, t2, target, *cond).chunk(2)
+    with torch.no_grad():
+        ref_expert, ref_policy = per_sample_mse(reference, x_t, t2, target, *cond).chunk(2)
+    return dro_loss(model_expert, model_policy, ref_expert, ref_policy, margin)

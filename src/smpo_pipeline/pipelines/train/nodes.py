@@ -25,18 +25,37 @@ def _check_cache(cache_report: dict, prints, inversion) -> None:
                          f"base model and cache.inversion {wanted}: rebuild it with `kedro run --pipeline cache`")
 
 
+def _train_config(objective: str, train: TrainParams, noise: str):
+    from smpo_pipeline.training.replay import SamplerConfig
+    from smpo_pipeline.training.trainer import DROConfig, TrainConfig
+
+    ds = None
+    if train.deepspeed_config:
+        ds = json.loads(Path(train.deepspeed_config).read_text())
+        ds["zero_optimization"] = ds.get("zero_optimization", {}) | {"stage": train.zero_stage}
+    d = train.dro
+    return TrainConfig(
+        objective, train.beta.get(objective, 0.0), train.gamma, noise, train.steps, train.batch_size,
+        train.lr_for(objective), train.warmup_steps, train.grad_clip, train.caption_dropout, train.seed, ds,
+        gradient_accumulation=train.gradient_accumulation, optimizer=train.optimizer, weight_decay=train.weight_decay,
+        lr_schedule=train.lr_schedule, gradient_checkpointing=train.gradient_checkpointing, precision=train.precision,
+        lora_rank=train.lora.rank, lora_alpha=train.lora.alpha,
+        dro=DROConfig(d.margin, d.refresh_every, d.buffer_size, SamplerConfig(d.sampler_steps, d.sampler_guidance, d.jitter)),
+    )
+
+
 def train_objective(objective: str, preference_pairs, base_model, cache_report: dict, train: TrainParams,
                     cache: CacheParams):
     """Fine-tune the base model's UNet with ``objective`` on the train split, reading latents,
     embeddings and (SmPO, cached) trajectories from the cache. Returns the full SDXL pipeline with
-    the trained UNet, and a summary of the run; per-step metrics go to dvclive under
+    the trained UNet (LoRA merged), and a summary of the run; per-step metrics go to dvclive under
     ``reports/training/<objective>/``."""
     from diffusers import DDPMScheduler
     from dvclive import Live
 
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
     if objective not in train.objectives:
@@ -48,27 +67,24 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     pairs = preference_pairs[preference_pairs.split == "train"]
     prints = Fingerprints.of(base_model, inversion)
     _check_cache(cache_report, prints, inversion)
-    data = CachedPairs(pairs, CacheReader(Path(cache.root)), prints, noise == "cached")
-    ds = None
-    if train.deepspeed_config:
-        ds = json.loads(Path(train.deepspeed_config).read_text()) | {"zero_optimization": {"stage": train.zero_stage}}
-    config = TrainConfig(objective, train.beta[objective], train.gamma, noise, train.steps, train.batch_size,
-                         train.learning_rate, train.warmup_steps, train.grad_clip, train.caption_dropout, train.seed, ds)
+    reader = CacheReader(Path(cache.root))
+    data = CachedPairs(pairs, reader, prints, noise == "cached")
+    experts = None
+    if objective == "dro":
+        experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints)
+    config = _train_config(objective, train, noise)
     # Checkpoints of one run live under a hash of everything the run depends on, so a re-run with the
     # same settings resumes (or finds the run finished) and a changed setting starts afresh.
-    run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet,
+    run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet, train.num_processes,
                                         sorted(pairs.pair_id)], default=str).encode()).hexdigest()[:12]
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
     from smpo_pipeline.training.checkpoints import latest
 
-    if train.num_processes > 1:  # checkpoints are single-process for now
-        config = replace(config, checkpoint_dir=None)
-        records, policy = _train_in_processes(objective, base_model, pairs, config, inversion, train, cache)
-        resuming = False
-    else:
-        records = []
-        resuming = latest(config.checkpoint_dir) is not None  # dvclive then continues its step count
+    resuming = latest(config.checkpoint_dir) is not None  # dvclive then continues its step count
+    records = []
+    if train.num_processes > 1:
+        records, policy = _train_in_processes(objective, base_model, pairs, experts, config, inversion, train, cache)
     with Live(dir=f"reports/training/{objective}", resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def log_step(record: dict) -> None:
             for name, value in record.items():
@@ -85,12 +101,13 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
                 log_step(record)
 
             policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
-                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect)
+                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, experts)
     trained = type(base_model)(**{**base_model.components, "unet": policy})
     tail = records[-min(20, len(records)):]
     summary = {"objective": objective, "trained": True, "forward_noise": noise, "pairs": len(pairs),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
-               "steps": train.steps, "zero_stage": train.zero_stage if ds else None, "processes": train.num_processes,
+               "steps": train.steps, "zero_stage": train.zero_stage if config.deepspeed else None,
+               "processes": train.num_processes, "lora_rank": train.lora.rank, "precision": train.precision,
                "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5) if tail else None,
                "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4) if tail else None,
                "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4) if records else None}
@@ -98,7 +115,7 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     return trained, summary
 
 
-def _train_in_processes(objective, base_model, pairs, config, inversion, train: TrainParams, cache: CacheParams):
+def _train_in_processes(objective, base_model, pairs, experts, config, inversion, train: TrainParams, cache: CacheParams):
     """Run ``smpo_pipeline.training.launch`` under torchrun with ``train.num_processes`` ranks."""
     import subprocess
     import tempfile
@@ -114,6 +131,9 @@ def _train_in_processes(objective, base_model, pairs, config, inversion, train: 
         spec = {"model": str(tmp / "model"), "cache": str(Path(cache.root).resolve()), "pairs": str(tmp / "pairs.parquet"),
                 "config": asdict(config), "inversion": asdict(inversion), "output": str(tmp / "out"),
                 "threads_per_rank": 1}
+        if experts is not None:
+            experts.pairs.to_parquet(tmp / "experts.parquet")
+            spec["experts"] = str(tmp / "experts.parquet")
         (tmp / "spec.json").write_text(json.dumps(spec))
         command = torchrun_command(train.num_processes, "smpo_pipeline.training.launch", str(tmp / "spec.json"))
         log.info("Launching %s on %d processes: %s", objective, train.num_processes, " ".join(command))
@@ -137,7 +157,12 @@ def train_smpo(preference_pairs, base_model, cache_report: dict, train: TrainPar
     return train_objective("smpo", preference_pairs, base_model, cache_report, train, cache)
 
 
-def compare_on_validation_prompts(base_model, dpo_model, smpo_model, prompts_validation: list[str],
+def train_dro(preference_pairs, base_model, cache_report: dict, train: TrainParams, cache: CacheParams):
+    """Diffusion-DRO: expert images (``train.dro.experts``) against the policy's own samples."""
+    return train_objective("dro", preference_pairs, base_model, cache_report, train, cache)
+
+
+def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, prompts_validation: list[str],
                                   train: TrainParams, world: WorldParams) -> dict:
     """Mean shapes-oracle reward of every model on the validation prompts, the same seeds for all."""
     from smpo_pipeline.models.sampling import SamplingProtocol, generate
@@ -148,7 +173,8 @@ def compare_on_validation_prompts(base_model, dpo_model, smpo_model, prompts_val
     seeds = list(range(len(prompts)))
     protocol = SamplingProtocol(e.steps, e.guidance_scale, world.resolution)
     report = {"protocol": protocol.__dict__ | {"prompt_set": "validation", "images_per_model": len(prompts)}, "models": {}}
-    for name, model in (("base", base_model), ("dpo", dpo_model), ("smpo", smpo_model)):
+    trained = {"dpo": dpo_model, "smpo": smpo_model, "dro": dro_model}
+    for name, model in [("base", base_model)] + [(o, trained[o]) for o in train.objectives]:
         images = generate(model, prompts, seeds, protocol, e.batch_size, desc=f"validating {name}")
         rewards = np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
         report["models"][name] = {"mean_oracle_reward": round(float(rewards.mean()), 4),

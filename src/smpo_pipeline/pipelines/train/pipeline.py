@@ -1,8 +1,8 @@
-"""train DPO model, train SmPO model → compare models on the validation prompts."""
+"""train DPO model, train SmPO model, train DRO model → compare models on the validation prompts."""
 
 from kedro.pipeline import Node, Pipeline
 
-from smpo_pipeline.pipelines.train.nodes import compare_on_validation_prompts, train_dpo, train_smpo
+from smpo_pipeline.pipelines.train.nodes import compare_on_validation_prompts, train_dpo, train_dro, train_smpo
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -12,8 +12,10 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(train_dpo, inputs, ["dpo_model", "dpo_training_summary"], name="train_dpo"),
             Node(train_smpo, inputs, ["smpo_model", "smpo_training_summary"], name="train_smpo"),
+            Node(train_dro, inputs, ["dro_model", "dro_training_summary"], name="train_dro"),
             Node(compare_on_validation_prompts,
-                 ["base_model", "dpo_model", "smpo_model", "prompts_validation", "params:train", "params:world"],
+                 ["base_model", "dpo_model", "smpo_model", "dro_model", "prompts_validation", "params:train",
+                  "params:world"],
                  "training_report", name="compare_on_validation_prompts"),
         ],
         tags="train",
