@@ -234,6 +234,48 @@ class TrainParams(_Section):
         return self.learning_rate[objective] if isinstance(self.learning_rate, dict) else self.learning_rate
 
 
+class ProtocolParams(_Section):
+    scheduler: Literal["euler", "euler_a", "dpm++", "ddim"] | None = None  # None: the model's own
+    steps: PositiveInt = 20
+    guidance_scale: PositiveFloat = 3.0
+    resolution: PositiveInt | None = None  # None: the model's native size
+
+
+class RewardModelSpec(_Section):
+    name: Literal["shapes-oracle", "pickscore", "clip", "aesthetic"]
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class GridParams(_Section):
+    prompts: PositiveInt = 8  # rows, spread evenly over the prompt set
+    seed_index: int = Field(0, ge=0)  # which of each prompt's seeds
+    cell: PositiveInt = 96  # pixels per image
+
+
+class EvaluationParams(_Section):
+    """Evaluation (``pipelines/evaluate``): the same prompts and seeds for every model."""
+
+    models: tuple[Literal["base", "dpo", "smpo", "dro"], ...] = ("base", "dpo", "smpo", "dro")
+    reference: Literal["base", "dpo", "smpo", "dro"] = "base"
+    prompt_set: str = "test"  # a label for the report; the file is the catalog's evaluation_prompts
+    max_prompts: PositiveInt | None = None  # the first N prompts (reduced-size runs)
+    seeds_per_prompt: PositiveInt = 2
+    seed: int = 0  # image i of a prompt uses seed + i, for every model
+    protocol: ProtocolParams = ProtocolParams()
+    batch_size: PositiveInt = 64
+    image_root: str = "data/07_model_output/evaluation_images"
+    reward_models: tuple[RewardModelSpec, ...] = Field((RewardModelSpec(name="shapes-oracle"),), min_length=1)
+    bootstrap_samples: PositiveInt = 2000
+    confidence: float = Field(0.95, gt=0, lt=1)
+    grid: GridParams = GridParams()
+
+    @model_validator(mode="after")
+    def _reference_is_evaluated(self) -> EvaluationParams:
+        if self.reference not in self.models:
+            raise ValueError(f"reference {self.reference!r} is not among models {list(self.models)}")
+        return self
+
+
 class ProjectParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
     world: WorldParams = WorldParams()
@@ -244,6 +286,7 @@ class ProjectParams(_Section):
     rewards: RewardsParams = RewardsParams()
     cache: CacheParams = CacheParams()
     train: TrainParams = TrainParams()
+    evaluation: EvaluationParams = EvaluationParams()
 
 
 def _describe(error: dict) -> str:

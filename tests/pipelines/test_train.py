@@ -1,5 +1,6 @@
 """The whole embedded chain at reduced size through Kedro's session and runner: bootstrap → data →
-rewards → cache → train (DeepSpeed ZeRO-2, in-process) → validation comparison."""
+rewards → cache → train (DPO, SmPO, DRO under DeepSpeed ZeRO-2, in-process) → validation comparison
+→ evaluate."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from tests.pipelines.test_bootstrap import REDUCED
 
 CHAIN = REDUCED | {
     "cache": {"batch_size": 8, "inversion": {"num_steps": 5}},
-    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "evaluation": {"steps": 2, "seeds_per_prompt": 1}},
+    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "evaluation": {"steps": 2, "seeds_per_prompt": 1},
+              "dro": {"buffer_size": 8, "sampler_steps": 4}},
+    "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
+                   "grid": {"prompts": 3}},
 }
 
 
@@ -29,7 +33,7 @@ def trained_project(tmp_path_factory):
 def test_each_objective_yields_a_stock_diffusers_model(trained_project):
     script = ("import sys; from diffusers import StableDiffusionXLPipeline as P; "
               "p = P.from_pretrained(sys.argv[1]); print(type(p.unet).__name__, 'smpo_pipeline' in sys.modules)")
-    for objective in ("dpo", "smpo"):
+    for objective in ("dpo", "smpo", "dro"):
         out = subprocess.run([sys.executable, "-c", script, str(trained_project / f"data/06_models/{objective}")],
                              capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
         assert out.stdout.split() == ["UNet2DConditionModel", "False"], out.stderr[-1000:]
@@ -37,14 +41,33 @@ def test_each_objective_yields_a_stock_diffusers_model(trained_project):
 
 @pytest.mark.slow
 def test_training_reports_per_step_metrics_and_the_comparison(trained_project):
-    for objective, noise in (("dpo", "none"), ("smpo", "cached")):
+    for objective, noise in (("dpo", "none"), ("smpo", "cached"), ("dro", "none")):
         summary = json.loads((trained_project / f"reports/training/{objective}.json").read_text())
         assert summary["trained"] and summary["forward_noise"] == noise and summary["zero_stage"] == 2
         metrics = trained_project / f"reports/training/{objective}/metrics.json"
         assert {"loss", "implicit_accuracy", "grad_norm", "lr", "step_time"} <= set(json.loads(metrics.read_text()))
         assert len((trained_project / f"reports/training/{objective}/plots/metrics/loss.tsv").read_text().splitlines()) == 4
     report = json.loads((trained_project / "reports/training.json").read_text())
-    assert set(report["models"]) == {"base", "dpo", "smpo"} and report["models"]["base"]["vs_base"] == 0.0
+    assert set(report["models"]) == {"base", "dpo", "smpo", "dro"} and report["models"]["base"]["vs_base"] == 0.0
+
+
+@pytest.mark.slow
+def test_train_ends_with_the_evaluation_of_every_model_on_shared_seeds(trained_project):
+    import pandas as pd
+    from PIL import Image
+
+    report = json.loads((trained_project / "reports/evaluation.json").read_text())
+    oracle = report["rewards"]["shapes-oracle"]
+    assert list(oracle["models"]) == ["base", "dpo", "smpo", "dro"] and oracle["images_per_model"] == 8
+    assert {"dpo_vs_base", "smpo_vs_base", "dro_vs_base", "dpo_vs_smpo", "smpo_vs_dro"} <= set(oracle["win_rates"])
+    assert all(w["ci_low"] <= w["win_rate"] <= w["ci_high"] for w in oracle["win_rates"].values())
+    assert "| dro |" in (trained_project / "reports/evaluation.md").read_text()
+    index = {m: pd.read_parquet(trained_project / f"data/07_model_output/evaluation/{m}_images.parquet")
+             for m in ("base", "dpo", "smpo", "dro")}
+    assert all(index[m][["prompt", "seed"]].equals(index["base"][["prompt", "seed"]]) for m in index)
+    grid = Image.open(trained_project / "reports/figures/evaluation_grid.png")
+    assert grid.size == (260 + 4 * 96, 18 + 3 * 96)
+    assert (trained_project / "reports/figures/evaluation_rewards.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
@@ -62,7 +85,8 @@ def test_the_node_launches_several_processes_with_torchrun(trained_project):
     two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["smpo"]}}
     run_kedro(trained_project, ["train"], two)
     summary = json.loads((trained_project / "reports/training/smpo.json").read_text())
-    assert summary["processes"] == 2 and summary["steps_run_now"] == 2 and summary["checkpoints"] is None
+    assert summary["processes"] == 2 and summary["steps_run_now"] == 2
+    assert (trained_project / summary["checkpoints"] / "step-0000002" / "rng-rank1.pt").is_file()
     assert json.loads((trained_project / "reports/training/dpo.json").read_text())["trained"] is False
 
 

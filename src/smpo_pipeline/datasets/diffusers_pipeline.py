@@ -1,7 +1,9 @@
 """A diffusers pipeline directory as a Kedro dataset (``save_pretrained`` / ``from_pretrained``).
 
 Saved atomically: written to a sibling temporary directory, then renamed over the target, so an
-interrupted save never leaves a half-written model where a later stage would load it.
+interrupted save never leaves a half-written model where a later stage would load it. ``path`` may
+also be a hub id (``org/name``; read-only, fetched unless ``HF_HUB_OFFLINE``), and ``vae`` swaps in
+another VAE (a hub id or directory, e.g. ``madebyollin/sdxl-vae-fp16-fix``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ class DiffusersPipelineDataset(AbstractDataset):
         path: str,
         pipeline_class: str = "diffusers.StableDiffusionXLPipeline",
         load_args: dict[str, Any] | None = None,
+        vae: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
+        self._source = path
         self._path = Path(path)
+        self._vae = vae
         self._pipeline_class = pipeline_class
         self._load_args = load_args or {}
         self.metadata = metadata
@@ -31,12 +36,24 @@ class DiffusersPipelineDataset(AbstractDataset):
         module, _, name = self._pipeline_class.rpartition(".")
         return getattr(importlib.import_module(module), name)
 
+    def _is_hub_id(self) -> bool:
+        return not self._path.exists() and self._source.count("/") == 1 and not self._source.startswith((".", "/"))
+
     def load(self):
+        args = dict(self._load_args)
+        if self._vae:
+            from diffusers import AutoencoderKL
+
+            args["vae"] = AutoencoderKL.from_pretrained(self._vae, **{k: v for k, v in args.items() if k == "torch_dtype"})
+        if self._is_hub_id():
+            return self._class().from_pretrained(self._source, **args)
         if not (self._path / "model_index.json").is_file():
             raise DatasetError(f"{self._path} holds no diffusers pipeline (no model_index.json)")
-        return self._class().from_pretrained(self._path, **self._load_args)
+        return self._class().from_pretrained(self._path, **args)
 
     def save(self, data) -> None:
+        if self._is_hub_id():
+            raise DatasetError(f"{self._source} is a hub id: give a local directory to save to")
         tmp = self._path.with_name(self._path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         data.save_pretrained(tmp, safe_serialization=True)
@@ -48,7 +65,7 @@ class DiffusersPipelineDataset(AbstractDataset):
         shutil.rmtree(old, ignore_errors=True)
 
     def _exists(self) -> bool:
-        return (self._path / "model_index.json").is_file()
+        return self._is_hub_id() or (self._path / "model_index.json").is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "pipeline_class": self._pipeline_class}
+        return {"path": self._source, "vae": self._vae, "pipeline_class": self._pipeline_class}

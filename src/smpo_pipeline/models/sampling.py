@@ -1,15 +1,21 @@
 """Batched, seeded sampling from a stock ``StableDiffusionXLPipeline``.
 
 Every image has its own ``torch.Generator`` seeded with its own seed, so an image depends only on
-(model, prompt, seed, protocol), never on which batch it landed in.
+(model, prompt, seed, protocol), never on which batch it landed in. ``generate_cached`` keeps the
+images as PNG files keyed by exactly that, and generates only what is missing or unreadable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm.auto import tqdm
+
+
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+              "dpm++": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler"}
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,18 @@ class SamplingProtocol:
     steps: int = 20
     guidance_scale: float = 5.0
     resolution: int = 32
+    scheduler: str | None = None  # a key of SCHEDULERS; None: the model's own scheduler
+
+
+def use_scheduler(pipe, name: str | None) -> str:
+    """Switch ``pipe`` to the protocol's scheduler (same noise schedule); returns its class name."""
+    if name is not None:
+        import diffusers
+
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}: one of {sorted(SCHEDULERS)}")
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+    return type(pipe.scheduler).__name__
 
 
 def generate(
@@ -26,6 +44,7 @@ def generate(
     protocol: SamplingProtocol,
     batch_size: int = 64,
     desc: str = "sampling",
+    progress: bool = True,
 ):
     """One PIL image per (prompt, seed), in input order."""
     import torch
@@ -35,7 +54,8 @@ def generate(
     pipe.set_progress_bar_config(disable=True)
     images = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", mininterval=2):
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", mininterval=2,
+                          disable=not progress):
             batch = list(prompts[start : start + batch_size])
             generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
             images += pipe(
@@ -47,3 +67,53 @@ def generate(
                 width=protocol.resolution,
             ).images
     return images
+
+
+def model_fingerprint(pipe) -> str:
+    """sha256 over every weight of the pipeline's UNet, VAE and text encoders."""
+    import torch
+
+    from smpo_pipeline.training_cache import module_fingerprint
+
+    return module_fingerprint(torch.nn.ModuleList([pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2]))
+
+
+def _readable(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: generate it again
+        return False
+
+
+def generate_cached(pipe, fingerprint: str, prompts: Sequence[str], seeds: Sequence[int], protocol: SamplingProtocol,
+                    root: Path, batch_size: int = 64, desc: str = "sampling") -> list[Path]:
+    """The PNG path of every (prompt, seed) under ``root/<fingerprint>/``, generating the missing
+    ones in batches. The key covers (model fingerprint, prompt, seed, protocol incl. the scheduler
+    class), so a changed model or protocol never reuses an image."""
+    import hashlib
+    import json
+    import os
+
+    scheduler = use_scheduler(pipe, protocol.scheduler)
+    folder = Path(root) / fingerprint
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = protocol.__dict__ | {"scheduler": scheduler}
+    paths = [folder / (hashlib.sha256(json.dumps([fingerprint, p, int(s), spec], sort_keys=True).encode())
+                       .hexdigest()[:24] + ".png") for p, s in zip(prompts, seeds, strict=True)]
+    todo = [i for i, path in enumerate(paths) if not (path.is_file() and _readable(path))]
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", mininterval=2)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        images = generate(pipe, [prompts[i] for i in chunk], [seeds[i] for i in chunk], protocol, batch_size,
+                          progress=False)
+        bar.update(len(chunk))
+        for i, image in zip(chunk, images, strict=True):
+            tmp = paths[i].with_suffix(".tmp")
+            image.save(tmp, format="PNG")
+            os.replace(tmp, paths[i])  # atomic: a killed run leaves whole images only
+    bar.close()
+    return paths

@@ -1,0 +1,148 @@
+"""Nodes of the ``evaluate`` pipeline: thin adapters over ``smpo_pipeline.evaluation`` and
+``smpo_pipeline.models.sampling``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from smpo_pipeline.params import EvaluationParams
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ["model", "model_fingerprint", "prompt_index", "prompt", "seed", "path"]
+
+
+def _prompts_and_seeds(prompts: list[str], evaluation: EvaluationParams) -> tuple[list[int], list[str], list[int]]:
+    prompts = prompts[: evaluation.max_prompts] if evaluation.max_prompts else prompts
+    n = evaluation.seeds_per_prompt
+    return ([i for i in range(len(prompts)) for _ in range(n)], [p for p in prompts for _ in range(n)],
+            [evaluation.seed + k for _ in prompts for k in range(n)])
+
+
+def _protocol(pipe, evaluation: EvaluationParams):
+    from smpo_pipeline.models.sampling import SamplingProtocol
+
+    p = evaluation.protocol
+    resolution = p.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return SamplingProtocol(p.steps, p.guidance_scale, resolution, p.scheduler)
+
+
+def generate_images(name: str, model, prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
+    """Images of ``model`` for every (prompt, seed), reused from earlier runs when the model, prompt,
+    seed and protocol are the same; an index of them (empty when ``name`` is not evaluated)."""
+    from smpo_pipeline.models.sampling import generate_cached, model_fingerprint
+
+    if name not in evaluation.models:
+        return pd.DataFrame(columns=INDEX_COLUMNS)
+    indices, prompt_list, seeds = _prompts_and_seeds(prompts, evaluation)
+    fingerprint = model_fingerprint(model)
+    paths = generate_cached(model, fingerprint, prompt_list, seeds, _protocol(model, evaluation),
+                            Path(evaluation.image_root), evaluation.batch_size, desc=f"evaluating {name}")
+    return pd.DataFrame({"model": name, "model_fingerprint": fingerprint, "prompt_index": indices,
+                         "prompt": prompt_list, "seed": seeds, "path": [str(p) for p in paths]})
+
+
+def generate_base_images(base_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
+    return generate_images("base", base_model, evaluation_prompts, evaluation)
+
+
+def generate_dpo_images(dpo_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
+    return generate_images("dpo", dpo_model, evaluation_prompts, evaluation)
+
+
+def generate_smpo_images(smpo_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
+    return generate_images("smpo", smpo_model, evaluation_prompts, evaluation)
+
+
+def generate_dro_images(dro_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
+    return generate_images("dro", dro_model, evaluation_prompts, evaluation)
+
+
+def score_images(base_images: pd.DataFrame, dpo_images: pd.DataFrame, smpo_images: pd.DataFrame,
+                 dro_images: pd.DataFrame, evaluation: EvaluationParams) -> pd.DataFrame:
+    """Every image scored by every configured reward model: one row per (image, reward model)."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from smpo_pipeline.rewards.models import build_reward_model
+
+    images = pd.concat([f for f in (base_images, dpo_images, smpo_images, dro_images) if len(f)], ignore_index=True)
+    frames = []
+    for spec in evaluation.reward_models:
+        reward = build_reward_model(spec.name, **spec.options)
+        scores = []
+        for start in tqdm(range(0, len(images), evaluation.batch_size), desc=f"scoring ({spec.name})", unit="batch",
+                          mininterval=2):
+            chunk = images.iloc[start : start + evaluation.batch_size]
+            pictures = [Image.open(p).convert("RGB") for p in chunk.path]
+            scores += list(reward.score(pictures, list(chunk.prompt)))
+        frames.append(images.assign(reward_model=spec.name, reward_model_id=reward.model_id, score=scores))
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize_evaluation(evaluation_scores: pd.DataFrame, evaluation: EvaluationParams) -> tuple[dict, str]:
+    """Means, medians, standard errors and win rates with bootstrap CIs (``reports/evaluation.json``)
+    and the same as a Markdown table (``reports/evaluation.md``); the table is also printed."""
+    from smpo_pipeline.evaluation import markdown_table, summarize
+
+    models = [m for m in evaluation.models if m in set(evaluation_scores.model)]
+    p = evaluation.protocol
+    protocol = {"prompt_set": evaluation.prompt_set, "prompts": int(evaluation_scores.prompt_index.nunique()),
+                "seeds_per_prompt": evaluation.seeds_per_prompt, "scheduler": p.scheduler or "model's own",
+                "steps": p.steps, "guidance_scale": p.guidance_scale, "resolution": p.resolution or "native",
+                "bootstrap_samples": evaluation.bootstrap_samples, "confidence": evaluation.confidence}
+    report = summarize(evaluation_scores, models, evaluation.reference, evaluation.bootstrap_samples,
+                       evaluation.confidence, evaluation.seed)
+    table = markdown_table(report, protocol, evaluation.reference)
+    print(table)  # noqa: T201 - the result a user ran this for
+    fingerprints = evaluation_scores.groupby("model").model_fingerprint.first().to_dict()
+    return {"protocol": protocol, "model_fingerprints": fingerprints, "rewards": report}, table
+
+
+def plot_reward_distributions(evaluation_scores: pd.DataFrame, evaluation: EvaluationParams):
+    """One panel per reward model: each model's score distribution (histogram outlines + mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rewards = list(dict.fromkeys(evaluation_scores.reward_model))
+    fig, axes = plt.subplots(1, len(rewards), figsize=(6 * len(rewards), 4), squeeze=False)
+    for ax, reward in zip(axes[0], rewards, strict=True):
+        frame = evaluation_scores[evaluation_scores.reward_model == reward]
+        bins = np.histogram_bin_edges(frame.score, bins=30)
+        for model in [m for m in evaluation.models if m in set(frame.model)]:
+            s = frame[frame.model == model].score
+            line = ax.hist(s, bins=bins, histtype="step", linewidth=1.6, label=f"{model} (mean {s.mean():.3f})")[2][0]
+            ax.axvline(s.mean(), color=line.get_edgecolor(), linestyle="--", linewidth=1)
+        ax.set(title=f"{reward} on {evaluation.prompt_set} prompts", xlabel="score", ylabel="images")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def draw_image_grid(base_images: pd.DataFrame, dpo_images: pd.DataFrame, smpo_images: pd.DataFrame,
+                    dro_images: pd.DataFrame, evaluation: EvaluationParams):
+    """Rows = prompts (spread over the set), columns = models, one seed across a row."""
+    import numpy as np
+    from PIL import Image
+
+    from smpo_pipeline.evaluation import image_grid
+
+    frames = {f.model.iloc[0]: f for f in (base_images, dpo_images, smpo_images, dro_images) if len(f)}
+    models = [m for m in evaluation.models if m in frames]
+    first = frames[models[0]]
+    seed = evaluation.seed + min(evaluation.grid.seed_index, evaluation.seeds_per_prompt - 1)
+    prompt_indices = sorted(first.prompt_index.unique())
+    picks = [prompt_indices[int(i)] for i in np.linspace(0, len(prompt_indices) - 1,
+                                                         min(evaluation.grid.prompts, len(prompt_indices)))]
+    rows, labels = [], []
+    for i in picks:
+        row = [frames[m][(frames[m].prompt_index == i) & (frames[m].seed == seed)].iloc[0] for m in models]
+        rows.append([Image.open(r.path) for r in row])
+        labels.append(row[0].prompt)
+    return image_grid(rows, labels, models, cell=evaluation.grid.cell)

@@ -1,0 +1,82 @@
+"""Evaluation: seeded images are reproducible and cached, win rates and their CIs behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from smpo_pipeline.evaluation import image_grid, markdown_table, summarize, win_rate
+
+
+def test_a_model_against_itself_wins_half_the_time_and_the_ci_covers_50_percent():
+    rng = np.random.default_rng(0)
+    scores, prompts = rng.random(200), np.repeat(np.arange(50), 4)
+    rate, low, high = win_rate(scores, scores, prompts)
+    assert rate == 0.5 and low <= 0.5 <= high
+    # Two independent draws of the same model (different seeds): no real difference, the CI covers ½.
+    rate, low, high = win_rate(rng.random(200), rng.random(200), prompts)
+    assert low <= 0.5 <= high
+
+
+def test_a_clearly_better_model_has_a_ci_above_50_percent():
+    rng = np.random.default_rng(1)
+    base = rng.random(400)
+    rate, low, high = win_rate(base + 0.3, base + rng.normal(0, 0.1, 400), np.repeat(np.arange(100), 4))
+    assert rate > 0.9 and low > 0.5 and low <= rate <= high
+
+
+def _scores(models=("base", "dpo"), shift=0.1):
+    rows = [{"model": m, "prompt": f"p{i}", "seed": s, "reward_model": "shapes-oracle",
+             "score": 0.3 + (shift if m != "base" else 0) + 0.01 * i + 0.001 * s}
+            for m in models for i in range(10) for s in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+def test_summary_has_means_medians_errors_and_win_rates_and_a_markdown_table():
+    report = summarize(_scores(("base", "dpo", "smpo")), ["base", "dpo", "smpo"], samples=300)
+    r = report["shapes-oracle"]
+    assert r["images_per_model"] == 20 and r["prompts"] == 10
+    assert r["models"]["dpo"]["mean"] == pytest.approx(r["models"]["base"]["mean"] + 0.1)
+    assert r["win_rates"]["dpo_vs_base"]["win_rate"] == 1.0 and r["win_rates"]["dpo_vs_smpo"]["win_rate"] == 0.5
+    table = markdown_table(report, {"steps": 20})
+    assert "| dpo | 0.4" in table and "100.0% [100.0%, 100.0%]" in table and "dpo vs smpo" in table
+
+
+def test_a_model_missing_some_images_is_refused():
+    scores = _scores()
+    with pytest.raises(ValueError, match="same images"):
+        summarize(scores.iloc[:-1], ["base", "dpo"])
+
+
+def test_the_grid_puts_prompts_in_rows_and_models_in_columns():
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    grid = image_grid([[red, blue], [blue, red]], ["a red square", "a blue square"], ["base", "dpo"], cell=64)
+    assert grid.size == (260 + 128, 18 + 128)
+    assert grid.getpixel((260 + 10, 18 + 10)) == (255, 0, 0) and grid.getpixel((260 + 64 + 10, 18 + 10)) == (0, 0, 255)
+
+
+def test_the_same_seed_gives_the_same_image_and_images_are_generated_once(tiny_pipeline_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from smpo_pipeline.models.sampling import SamplingProtocol, generate_cached, model_fingerprint
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
+    fp = model_fingerprint(pipe)
+    protocol = SamplingProtocol(steps=3, guidance_scale=3.0, resolution=32)
+    prompts, seeds = ["a red circle", "a red circle", "a blue square"], [7, 8, 7]
+    first = generate_cached(pipe, fp, prompts, seeds, protocol, tmp_path / "a", batch_size=2)
+    # A separate cache, other batching and the prompt first alone: the same (model, prompt, seed) → same pixels.
+    again = generate_cached(pipe, fp, prompts[:1], seeds[:1], protocol, tmp_path / "b", batch_size=1)
+    pixels = lambda p: np.asarray(Image.open(p))  # noqa: E731
+    assert np.array_equal(pixels(first[0]), pixels(again[0]))
+    assert not np.array_equal(pixels(first[0]), pixels(first[1]))  # another seed, another image
+    stamps = [p.stat().st_mtime_ns for p in first]
+    first[2].write_bytes(b"not a png")  # a damaged cache entry is generated again, the others are reused
+    redone = generate_cached(pipe, fp, prompts, seeds, protocol, tmp_path / "a", batch_size=2)
+    assert redone == first and [p.stat().st_mtime_ns for p in first[:2]] == stamps[:2]
+    assert Image.open(first[2]).size == (32, 32)
+    # Another protocol (scheduler) is another key: nothing is reused across protocols.
+    other = generate_cached(pipe, fp, prompts[:1], seeds[:1], SamplingProtocol(3, 3.0, 32, "ddim"), tmp_path / "a")
+    assert other[0] != first[0]
