@@ -108,3 +108,31 @@ def run_kedro(project: Path, pipelines: list[str], runtime_params: dict | None =
         mp.chdir(project)
         with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
             session.run(pipeline_names=pipelines)
+
+
+# The whole embedded chain at reduced size (runtime parameters, merged as `kedro run --params` does).
+REDUCED = {
+    "world": {"max_train_prompts": 12},
+    "base_model": {
+        "vae": {"steps": 3, "batch_size": 16},
+        "unet": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "renders_per_prompt": 1},
+        "evaluation": {"steps": 2},
+        "evaluation_seeds_per_prompt": 1,
+    },
+    "pairs": {"steps": 2, "rows_per_shard": 5},
+}
+CHAIN = REDUCED | {
+    "cache": {"batch_size": 8, "inversion": {"num_steps": 5}},
+    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "inversion": "cached",
+              "evaluation": {"steps": 2, "seeds_per_prompt": 1}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
+    "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
+                   "grid": {"prompts": 3}},
+}
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """A temporary project after bootstrap → data → rewards → cache → train (+ evaluate) at reduced size."""
+    project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")
+    run_kedro(project, ["bootstrap", "data", "rewards", "cache", "train"], CHAIN)
+    return project

@@ -276,6 +276,43 @@ class EvaluationParams(_Section):
         return self
 
 
+class SearchRange(_Section):
+    low: PositiveFloat
+    high: PositiveFloat
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.high > self.low:
+            raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
+        return self
+
+
+class TuneParams(_Section):
+    """The Optuna study over SmPO's β and τ (``pipelines/tune``)."""
+
+    study_name: str = "smpo"
+    storage: str = "sqlite:///data/09_tuning/optuna.db"  # or a journal file path (parallel workers)
+    trial_root: str = "data/09_tuning/trials"  # per-trial checkpoints (segments resume from them)
+    n_trials: PositiveInt = 12
+    steps: PositiveInt = 120  # training steps per trial
+    report_every: PositiveInt = 40  # validation reward reported (and pruning checked) every N steps
+    beta: SearchRange = SearchRange(low=1000.0, high=30000.0)
+    tau: SearchRange = SearchRange(low=0.05, high=2.0)
+    gamma: SearchRange | None = None  # None: train.gamma fixed
+    validation_prompts: PositiveInt = 48
+    seeds_per_prompt: PositiveInt = 1
+    seed: int = 0
+    startup_trials: int = Field(3, ge=0)  # random trials before TPE, and before the pruner acts
+    heartbeat_seconds: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _segments(self) -> TuneParams:
+        if self.steps % self.report_every:
+            raise ValueError(f"steps ({self.steps}) must be a multiple of report_every ({self.report_every})")
+        return self
+
+
 class ProjectParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
     world: WorldParams = WorldParams()
@@ -287,6 +324,7 @@ class ProjectParams(_Section):
     cache: CacheParams = CacheParams()
     train: TrainParams = TrainParams()
     evaluation: EvaluationParams = EvaluationParams()
+    tune: TuneParams = TuneParams()
 
 
 def _describe(error: dict) -> str:

@@ -9,20 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
-from tests.conftest import make_kedro_project, run_kedro
-
-# Runtime parameters are merged into conf/base's (as `kedro run --params` does).
-REDUCED = {
-    "world": {"max_train_prompts": 12},
-    "base_model": {
-        "vae": {"steps": 3, "batch_size": 16},
-        "unet": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "renders_per_prompt": 1},
-        "evaluation": {"steps": 2},
-        "evaluation_seeds_per_prompt": 1,
-    },
-    "pairs": {"steps": 2, "rows_per_shard": 5},
-}
-
+from tests.conftest import REDUCED, make_kedro_project, run_kedro
 
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory):

@@ -10,24 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import make_kedro_project, run_kedro
-from tests.pipelines.test_bootstrap import REDUCED
-
-CHAIN = REDUCED | {
-    "cache": {"batch_size": 8, "inversion": {"num_steps": 5}},
-    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "evaluation": {"steps": 2, "seeds_per_prompt": 1},
-              "dro": {"buffer_size": 8, "sampler_steps": 4}},
-    "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
-                   "grid": {"prompts": 3}},
-}
-
-
-@pytest.fixture(scope="module")
-def trained_project(tmp_path_factory):
-    project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")
-    run_kedro(project, ["bootstrap", "data", "rewards", "cache", "train"], CHAIN)
-    return project
-
+from tests.conftest import CHAIN, run_kedro
 
 @pytest.mark.slow
 def test_each_objective_yields_a_stock_diffusers_model(trained_project):

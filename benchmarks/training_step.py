@@ -1,0 +1,161 @@
+"""Training-step throughput and peak memory of each objective: Diffusion-DPO, SmPO with the cached
+trajectory, SmPO with online inversion (the official code) and Diffusion-DRO (its online sampling
+included), on the same model and batch, with achieved TFLOP/s (FLOPs counted by
+``torch.utils.flop_counter`` over one step).
+
+    .venv/bin/python benchmarks/training_step.py                  # the embedded base model, CPU
+    python benchmarks/training_step.py --model sdxl --pairs 1     # full-size SDXL UNet, random
+                                                                  # weights, 1024 px, bf16, GPU
+
+Each objective runs in its own process so that its peak memory is its own (peak RSS on CPU,
+``torch.cuda.max_memory_allocated`` on a GPU). ``--model sdxl`` builds the UNet from its published
+config (``smpo_pipeline.models.sdxl``; no download) with gradient checkpointing and Adafactor, and
+needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+OBJECTIVES = ("dpo", "smpo-cached", "smpo-online", "dro")
+
+
+def _setup(args):
+    import torch
+
+    from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.training.step import PairBatch
+
+    device = "cuda" if args.model == "sdxl" else "cpu"
+    if args.model == "sdxl":
+        if not torch.cuda.is_available():
+            raise SystemExit("--model sdxl needs a CUDA GPU")
+        from smpo_pipeline.models.sdxl import build_sdxl_unet
+
+        unet = build_sdxl_unet("cuda", torch.bfloat16)
+        tokens, width, pooled_dim, size = 77, 2048, 1280, 1024
+    else:
+        from diffusers import StableDiffusionXLPipeline
+
+        unet = StableDiffusionXLPipeline.from_pretrained(args.model).unet
+        tokens, width = 16, unet.config.cross_attention_dim
+        pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        size = unet.config.sample_size * 8
+    reference = copy.deepcopy(unet).eval().requires_grad_(False)
+    policy = unet.train()
+    if args.gradient_checkpointing or args.model == "sdxl":
+        policy.enable_gradient_checkpointing()
+    optimizer = (torch.optim.Adafactor if args.model == "sdxl" else torch.optim.AdamW)(policy.parameters(), lr=1e-6)
+    dtype = next(policy.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+    b, c, s = args.pairs, unet.config.in_channels, unet.config.sample_size
+    latents = torch.randn(2 * b, c, s, s, generator=g).to(device, dtype)
+    embeds = torch.randn(b, tokens, width, generator=g).to(device, dtype)
+    pooled = torch.randn(b, pooled_dim, generator=g).to(device, dtype)
+    tids = torch.tensor([[size, size, 0, 0, size, size]], dtype=dtype).repeat(b, 1).to(device)
+    inv = InversionConfig(args.num_steps, args.renoise)
+    scheduler = inverse_scheduler(NOISE_SCHEDULE, args.num_steps)
+    cond = {"prompt_embeds": embeds.repeat(2, 1, 1), "pooled": pooled.repeat(2, 1), "time_ids": tids.repeat(2, 1)}
+    with torch.no_grad():  # what the cache holds: the reference's trajectories
+        traj = renoise_inversion(reference, latents, cond, scheduler, inv).transpose(0, 1)
+    batch = PairBatch(latents[:b], latents[b:], embeds, pooled, tids, torch.full((b,), 0.6, device=device),
+                      traj[:b], traj[b:])
+    return policy, reference, optimizer, batch, scheduler, inv, device, size
+
+
+def run_one(args) -> dict:
+    import torch
+    from diffusers import DDPMScheduler
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.training.replay import SamplerConfig, sample_policy_states
+    from smpo_pipeline.training.step import DROBatch, dro_batch_loss, preference_loss
+
+    policy, reference, optimizer, batch, scheduler, inv, device, size = _setup(args)
+    alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod.to(device)
+    g = torch.Generator().manual_seed(1)
+    b = len(batch)
+
+    def loss_of(objective):
+        t = torch.randint(0, 1000, (b,), generator=g).to(device)
+        if objective == "dro":  # M = 1: a fresh policy state per row every step, then the hinge
+            cond = {"prompt_embeds": batch.prompt_embeds, "pooled": batch.pooled, "time_ids": batch.time_ids}
+            x_t, ts, eps = sample_policy_states(policy, cond, batch.latents_w.shape[1:], NOISE_SCHEDULE,
+                                                SamplerConfig(args.sampler_steps), g)
+            dro = DROBatch(batch.latents_w, batch.prompt_embeds, batch.pooled, batch.time_ids, x_t, ts.to(device), eps)
+            return dro_batch_loss(policy, reference, dro, 0.001, alphas, g)[0]
+        mode = {"dpo": "none", "smpo-cached": "cached", "smpo-online": "online"}[objective]
+        return preference_loss(policy, reference, batch, t, objective.split("-")[0], 5000.0, 10.0, mode, alphas, g,
+                               scheduler, inv)[0]
+
+    def step():
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = loss_of(args.only)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    step()  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    seconds = statistics.median(step() for _ in range(args.steps))
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
+    return {"objective": args.only, "seconds": seconds, "peak_gib": peak, "tflops": flops / seconds / 1e12,
+            "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads",
+            "resolution": size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="data/06_models/base", help="a diffusers SDXL directory, or 'sdxl'")
+    parser.add_argument("--pairs", type=int, default=16, help="pairs (DRO: rows) per step")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--num-steps", type=int, default=10, help="K, the inversion grid")
+    parser.add_argument("--renoise", type=int, default=1, help="R")
+    parser.add_argument("--sampler-steps", type=int, default=20, help="DRO's DPM-Solver++ steps")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument("--only", choices=OBJECTIVES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import smpo_pipeline  # noqa: F401 - project environment (offline, telemetry off)
+
+    if args.only:
+        print(json.dumps(run_one(args)))  # noqa: T201
+        return
+    rows = []
+    for objective in args.objectives:
+        command = [sys.executable, __file__, *sys.argv[1:], "--only", objective]
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise SystemExit(f"{objective} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{args.model}, {rows[0]['resolution']} px, {args.pairs} pairs per step, {rows[0]['device']}, "  # noqa: T201
+          f"median of {args.steps} steps (each objective in its own process)")
+    print(f"{'objective':<12} {'s/step':>8} {'steps/s':>8} {'peak GiB':>9} {'TFLOP/s':>8} {'vs dpo':>7}")  # noqa: T201
+    base = rows[0]["seconds"]
+    for r in rows:
+        print(f"{r['objective']:<12} {r['seconds']:8.3f} {1 / r['seconds']:8.2f} {r['peak_gib']:9.2f} "  # noqa: T201
+              f"{r['tflops']:8.3f} {r['seconds'] / base:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

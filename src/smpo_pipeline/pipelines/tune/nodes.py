@@ -1,0 +1,147 @@
+"""Nodes of the ``tune`` pipeline: an Optuna study over SmPO's β and τ (γ optional).
+
+A trial costs only training and a validation evaluation: the pairs, the reward scores and the
+training cache are reused as they are, and τ only re-smooths the cached normalised rewards
+(``smoothing.preference_probability``). A trial trains in segments of ``tune.report_every`` steps,
+resuming each time from its own checkpoint, and reports the validation reward after each segment
+so the median pruner can stop it early. The study lives in ``tune.storage`` (sqlite, or a journal
+file for parallel workers): a killed study started again continues to ``tune.n_trials`` finished
+trials; a trial killed mid-way is failed by Optuna's heartbeat and retried with the same
+parameters, from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from smpo_pipeline.params import CacheParams, TrainParams, TuneParams, WorldParams
+
+log = logging.getLogger(__name__)
+
+
+def _storage(tune: TuneParams):
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+
+    retry = RetryFailedTrialCallback(max_retry=2)
+    if tune.storage.startswith("sqlite:///"):
+        Path(tune.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=tune.heartbeat_seconds,
+                                          grace_period=2 * tune.heartbeat_seconds, failed_trial_callback=retry)
+    Path(tune.storage).parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(tune.storage))
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], tune: TuneParams,
+                   train: TrainParams, cache: CacheParams, world: WorldParams) -> tuple[dict, dict]:
+    """Run (or continue) the study to ``tune.n_trials`` finished trials; returns the best
+    parameters as a conf/ fragment and a report of every trial."""
+    import numpy as np
+    import optuna
+    from diffusers import DDPMScheduler
+
+    from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.models.sampling import SamplingProtocol, generate
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config
+    from smpo_pipeline.smoothing import preference_probability
+    from smpo_pipeline.training.trainer import CachedPairs, train_preference
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+    from smpo_pipeline.world.oracle import oracle_reward
+
+    inv = cache.inversion
+    inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
+    prints = Fingerprints.of(base_model, inversion)
+    _check_cache(cache_report, prints, inversion)
+    pairs = preference_pairs[preference_pairs.split == "train"].reset_index(drop=True)
+    reader = CacheReader(Path(cache.root))
+    alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
+    prompts = [p for p in prompts_validation[: tune.validation_prompts] for _ in range(tune.seeds_per_prompt)]
+    seeds = list(range(len(prompts)))
+    protocol = SamplingProtocol(train.evaluation.steps, train.evaluation.guidance_scale, world.resolution)
+    # Trials train in plain PyTorch in this process; every other setting is train's.
+    base_config = _train_config("smpo", train.model_copy(update={"deepspeed_config": None}), train.inversion)
+
+    def validation_reward(unet) -> float:
+        model = type(base_model)(**{**base_model.components, "unet": unet})
+        images = generate(model, prompts, seeds, protocol, train.evaluation.batch_size, progress=False)
+        return float(np.mean([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)]))
+
+    def objective(trial: optuna.Trial) -> float:
+        beta = trial.suggest_float("beta", tune.beta.low, tune.beta.high, log=tune.beta.log)
+        tau = trial.suggest_float("tau", tune.tau.low, tune.tau.high, log=tune.tau.log)
+        gamma = trial.suggest_float("gamma", tune.gamma.low, tune.gamma.high, log=tune.gamma.log) if tune.gamma else train.gamma
+        data = CachedPairs(pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, tau)), reader, prints,
+                           base_config.inversion == "cached")
+        key = hashlib.sha256(json.dumps([beta, tau, gamma, tune.steps, prints.unet, base_config.seed]).encode()).hexdigest()[:12]
+        config = replace(base_config, beta=beta, gamma=gamma, checkpoint_dir=str(Path(tune.trial_root) / tune.study_name / key),
+                         checkpoint_every=tune.report_every, keep_last=1)
+        reward = float("nan")
+        for done in range(tune.report_every, tune.steps + 1, tune.report_every):
+            unet = train_preference(copy.deepcopy(base_model.unet), data, replace(config, steps=done), inversion, alphas)
+            reward = validation_reward(unet)
+            trial.report(reward, done)
+            log.info("trial %d: β=%.0f τ=%.3g γ=%.3g step %d validation reward %.4f", trial.number, beta, tau, gamma,
+                     done, reward)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return reward
+
+    study = optuna.create_study(
+        study_name=tune.study_name, storage=_storage(tune), direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=tune.seed, n_startup_trials=tune.startup_trials),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.report_every),
+    )
+    remaining = tune.n_trials - _finished(study)
+    log.info("Study %r in %s: %d trials finished, %d to go", tune.study_name, tune.storage, _finished(study), max(0, remaining))
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, catch=())
+    trials = [{"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
+               "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
+              for t in study.get_trials(deepcopy=False)]
+    best = study.best_trial
+    fragment = {"train": {"beta": {"smpo": round(best.params["beta"], 1)}},
+                "rewards": {"tau": round(best.params["tau"], 4)}}
+    if "gamma" in best.params:
+        fragment["train"]["gamma"] = round(best.params["gamma"], 3)
+    report = {"study": tune.study_name, "storage": tune.storage, "finished_trials": _finished(study),
+              "best": {"number": best.number, "value": best.value, "params": best.params}, "trials": trials}
+    print(f"best trial {best.number}: validation reward {best.value:.4f} with {best.params}")  # noqa: T201
+    return fragment, report
+
+
+def plot_study(tuning_report: dict, tune: TuneParams):
+    """The optimisation history and the parameter importances (Optuna's matplotlib plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as oplt
+
+    study = optuna.load_study(study_name=tune.study_name, storage=_storage(tune))
+    history = oplt.plot_optimization_history(study).figure
+    history.set_size_inches(7, 4)
+    history.tight_layout()
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(completed) >= 2:
+        importance = oplt.plot_param_importances(study).figure
+    else:
+        importance, ax = plt.subplots()
+        ax.text(0.5, 0.5, "importances need two completed trials", ha="center")
+    importance.set_size_inches(7, 4)
+    importance.tight_layout()
+    return history, importance

@@ -1,0 +1,79 @@
+"""`dvc repro` on a copy of the repository at reduced size: the whole chain runs, a second repro
+does nothing, a β change (through `dvc exp run -S`) re-runs only train and evaluate, and a local
+remote restores the models and checkpoints in a fresh clone (`dvc push` / `dvc pull`)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from smpo_pipeline.runtime import environment_without_process_group
+from tests.conftest import CHAIN, PROJECT_ROOT
+
+STAGES = ["bootstrap", "data", "rewards", "cache", "train", "evaluate"]
+
+
+def _merge(base: dict, override: dict) -> dict:
+    return {**base, **{k: _merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in override.items()}}
+
+
+def _sh(cwd, *command, check=True):
+    out = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment_without_process_group())
+    if check and out.returncode:
+        raise AssertionError(f"{' '.join(command)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return [s for s in STAGES if re.search(rf"Running stage '{s}'", output)]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """What a clone holds (tracked and new files, no data), with the parameter files reduced."""
+    root = tmp_path_factory.mktemp("dvc") / "repo"
+    files = _sh(PROJECT_ROOT, "git", "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
+    for name in files:
+        if (PROJECT_ROOT / name).is_file() and not name.startswith(("reports/", "notebooks/")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_ROOT / name, root / name)
+    (root / "reports").mkdir()
+    for path in (root / "conf/base").glob("parameters_*.yml"):
+        params = yaml.safe_load(path.read_text())
+        reduced = {k: _merge(v, CHAIN[k]) if isinstance(v, dict) else v for k, v in params.items() if k in CHAIN}
+        path.write_text(yaml.safe_dump(params | reduced, sort_keys=False))
+    _sh(root, "git", "init", "-q", "-b", "main")
+    _sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "x", check=False)
+    _sh(root, "git", "add", "-A")
+    _sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reduced copy")
+    return root
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_everything_then_nothing_then_only_what_beta_changes(repo, tmp_path):
+    full = _sh(repo, "dvc", "repro")
+    assert _ran(full) == STAGES, full[-3000:]
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc repro")
+    # A local remote: push what this commit's dvc.lock names.
+    _sh(repo, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    _sh(repo, "dvc", "push")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "local remote")
+    checkpoints = sorted(p.relative_to(repo) for p in (repo / "data/06_models/checkpoints").rglob("state.json"))
+
+    again = _sh(repo, "dvc", "repro")
+    assert _ran(again) == [] and "up to date" in again, again[-2000:]
+
+    changed = _sh(repo, "dvc", "exp", "run", "-S", "conf/base/parameters_train.yml:train.beta.dpo=2500")
+    assert _ran(changed) == ["train", "evaluate"], changed[-3000:]
+
+    clone = tmp_path / "clone"
+    _sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    _sh(clone, "dvc", "pull")
+    assert checkpoints and all((clone / p).is_file() for p in checkpoints)
+    for model in ("base", "dpo", "smpo", "dro"):
+        assert (clone / f"data/06_models/{model}/model_index.json").is_file()
