@@ -30,10 +30,10 @@ def test_viz_build_holds_every_pipeline_with_layers(viz_build):
     assert (viz_build / "index.html").is_file()
     main = json.loads((viz_build / "api/main").read_text())
     names = {n["name"] for n in main["nodes"]}
-    assert {"train_smpo", "train_dro", "summarize_evaluation", "run_smpo_study"} <= {n.split(".")[-1] for n in names} \
-        or {"Train Smpo", "Train Dro"} <= names
-    assert {"raw", "models", "reporting"} <= set(main["layers"])
-    assert {p["id"] for p in main["registered_pipelines"]} >= {"bootstrap", "train", "evaluate", "tune"}
+    assert {"train_smpo", "train_dro", "summarize_evaluation", "split_prompt_sets"} <= names
+    # Layers are ordered along the flow (a dataset whose layer broke the order would empty this list).
+    assert main["layers"][0] == "raw" and main["layers"][-1] == "reporting" and "models" in main["layers"]
+    assert {p["id"] for p in main["pipelines"]} >= {"bootstrap", "data", "train", "evaluate", "tune"}
 
 
 def test_headless_chromium_renders_the_pipeline_nodes(viz_build, tmp_path):
