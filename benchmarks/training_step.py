@@ -44,10 +44,11 @@ def _setup(args):
     else:
         from diffusers import StableDiffusionXLPipeline
 
-        unet = StableDiffusionXLPipeline.from_pretrained(args.model).unet
-        tokens, width = 16, unet.config.cross_attention_dim
+        pipe = StableDiffusionXLPipeline.from_pretrained(args.model)
+        unet = pipe.unet
+        tokens, width = pipe.tokenizer.model_max_length, unet.config.cross_attention_dim
         pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        size = unet.config.sample_size * 8
+        size = unet.config.sample_size * pipe.vae_scale_factor
     reference = copy.deepcopy(unet).eval().requires_grad_(False)
     policy = unet.train()
     if args.gradient_checkpointing or args.model == "sdxl":
