@@ -155,6 +155,9 @@ def test_optimizer_checkpointing_precision_and_accumulation_options_train(tiny_p
         assert records[-1]["lr"] < records[0]["lr"]  # warmup 1 step, then the cosine decays
 
 
-def test_fp16_without_deepspeed_is_refused(tiny_pipeline_dir, tmp_path):
+def test_fp16_without_deepspeed_is_refused(unet_and_cond):
+    from smpo_pipeline.training.trainer import TrainConfig, train_preference
+
+    config = TrainConfig("dpo", 5000.0, 10.0, "none", 3, 2, 1e-3, 1, 1.0, 0.2, 0, precision="fp16")
     with pytest.raises(ValueError, match="fp16 needs loss scaling"):
-        _train(tiny_pipeline_dir, tmp_path, precision="fp16")
+        train_preference(unet_and_cond[0], None, config, InversionConfig(5, 1), _alphas())

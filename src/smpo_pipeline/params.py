@@ -212,7 +212,11 @@ class TrainParams(_Section):
     seed: int = 0
     deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
     zero_stage: Literal[0, 1, 2, 3] = 2
-    num_processes: PositiveInt = 1  # > 1: launched with torchrun, one rank each
+    num_processes: PositiveInt = 1  # > 1: launched as a subprocess, one rank each (the total world size)
+    launcher: Literal["torchrun", "deepspeed"] = "torchrun"  # deepspeed: DeepSpeed's launcher (multi-node)
+    hostfile: str | None = None  # with launcher deepspeed: `host slots=N` lines; its slots add up to num_processes
+    launch_dir: str | None = None  # where the launch spec and rank outputs go (shared storage for several
+    #                                nodes); None: a temporary directory on this machine
     checkpoint_root: str = "data/06_models/checkpoints"
     checkpoint_every: PositiveInt = 50
     keep_last: PositiveInt = 2
@@ -228,6 +232,8 @@ class TrainParams(_Section):
             raise ValueError("precision fp16 needs DeepSpeed's loss scaling: set deepspeed_config, or use bf16")
         if self.num_processes > 1 and self.deepspeed_config is None:
             raise ValueError("num_processes > 1 needs deepspeed_config (DeepSpeed averages the gradients)")
+        if self.hostfile and self.launcher != "deepspeed":
+            raise ValueError("hostfile is read by DeepSpeed's launcher: set launcher: deepspeed")
         return self
 
     def lr_for(self, objective: str) -> float:

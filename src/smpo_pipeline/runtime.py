@@ -56,6 +56,17 @@ def torchrun_command(num_processes: int, module: str, *args: str) -> list[str]:
             "-m", module, *args]
 
 
+def deepspeed_command(hostfile: str | None, num_processes: int, module: str, *args: str) -> list[str]:
+    """DeepSpeed's launcher running ``module args``: with a hostfile, one process per slot of every
+    host in it (reached over passwordless ssh/pdsh, even for localhost); without one, ``num_processes``
+    on this machine."""
+    import shutil
+
+    launcher = shutil.which("deepspeed") or "deepspeed"
+    where = ["--hostfile", hostfile] if hostfile else ["--num_gpus", str(num_processes)]
+    return [launcher, *where, "--no_local_rank", "--module", module, *args]
+
+
 def environment_without_process_group() -> dict[str, str]:
     """This process's environment less the variables of a process group it may have joined
     in-process (DeepSpeed), so that a child process starts a group of its own."""

@@ -74,6 +74,17 @@ def test_the_node_launches_several_processes_with_torchrun(trained_project):
 
 
 @pytest.mark.slow
+def test_the_node_launches_ranks_with_the_deepspeed_launcher(trained_project, tmp_path):
+    """`train.launcher: deepspeed` (what a multi-node hostfile run uses), here on one machine."""
+    two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["dpo"],
+                                            "launcher": "deepspeed", "launch_dir": str(tmp_path)}}
+    run_kedro(trained_project, ["train"], two)
+    summary = json.loads((trained_project / "reports/training/dpo.json").read_text())
+    assert summary["processes"] == 2 and summary["steps_run_now"] == 2
+    assert list(tmp_path.iterdir()) == []  # the launch directory is cleaned up
+
+
+@pytest.mark.slow
 def test_a_cache_built_with_other_inversion_settings_is_refused(trained_project):
     changed = CHAIN | {"cache": CHAIN["cache"] | {"inversion": {"num_steps": 4}}}
     with pytest.raises(ValueError, match=r"rebuild it with `kedro run --pipeline cache`"):

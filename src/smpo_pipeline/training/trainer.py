@@ -217,8 +217,9 @@ def _full_state(module, engine) -> dict[str, torch.Tensor]:
 
 def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversion: InversionConfig,
                      alphas_cumprod, log: Callable[[int, dict], None] | None = None, experts: CachedExperts | None = None):
-    """Fine-tune a copy of ``base_unet`` (the frozen reference) on ``data`` (DRO: on ``experts``);
-    returns the trained UNet as a plain diffusers module (LoRA merged)."""
+    """Fine-tune a copy of ``base_unet`` on ``data`` (DRO: on ``experts``); returns the trained UNet
+    as a plain fp32 diffusers module (LoRA merged). ``base_unet`` itself becomes the frozen reference:
+    it is switched to eval, without gradients, and under DeepSpeed's bf16/fp16 cast in place."""
     rank, world_size = rank_and_world()
     if world_size > 1 and config.deepspeed is None:
         raise ValueError("several processes need DeepSpeed (it averages the gradients): set a deepspeed config")

@@ -116,16 +116,18 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
 
 
 def _train_in_processes(objective, base_model, pairs, experts, config, inversion, train: TrainParams, cache: CacheParams):
-    """Run ``smpo_pipeline.training.launch`` under torchrun with ``train.num_processes`` ranks."""
+    """Run ``smpo_pipeline.training.launch`` with ``train.num_processes`` ranks, under torchrun on this
+    machine or under DeepSpeed's launcher (``train.hostfile``: several nodes, ``train.launch_dir`` on
+    storage they share)."""
     import subprocess
     import tempfile
 
     from safetensors.torch import load_file
 
-    from smpo_pipeline.runtime import torchrun_command
+    from smpo_pipeline.runtime import deepspeed_command, torchrun_command
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=train.launch_dir) as tmp:
+        tmp = Path(tmp).resolve()
         base_model.save_pretrained(tmp / "model")
         pairs.to_parquet(tmp / "pairs.parquet")
         spec = {"model": str(tmp / "model"), "cache": str(Path(cache.root).resolve()), "pairs": str(tmp / "pairs.parquet"),
@@ -135,10 +137,17 @@ def _train_in_processes(objective, base_model, pairs, experts, config, inversion
             experts.pairs.to_parquet(tmp / "experts.parquet")
             spec["experts"] = str(tmp / "experts.parquet")
         (tmp / "spec.json").write_text(json.dumps(spec))
-        command = torchrun_command(train.num_processes, "smpo_pipeline.training.launch", str(tmp / "spec.json"))
+        if train.launcher == "deepspeed":
+            command = deepspeed_command(train.hostfile, train.num_processes, "smpo_pipeline.training.launch",
+                                        str(tmp / "spec.json"))
+        else:
+            command = torchrun_command(train.num_processes, "smpo_pipeline.training.launch", str(tmp / "spec.json"))
         log.info("Launching %s on %d processes: %s", objective, train.num_processes, " ".join(command))
         subprocess.run(command, check=True)
-        digests = {(tmp / "out" / f"rank{r}.sha256").read_text() for r in range(train.num_processes)}
+        written = sorted((tmp / "out").glob("rank*.sha256"))
+        if len(written) != train.num_processes:
+            raise RuntimeError(f"{objective}: {len(written)} ranks ran, train.num_processes is {train.num_processes}")
+        digests = {path.read_text() for path in written}
         if len(digests) != 1:
             raise RuntimeError(f"{objective}: the {train.num_processes} ranks ended with different weights")
         policy = copy.deepcopy(base_model.unet)
