@@ -61,8 +61,11 @@ def deepspeed_command(hostfile: str | None, num_processes: int, module: str, *ar
     host in it (reached over passwordless ssh/pdsh, even for localhost); without one, ``num_processes``
     on this machine."""
     import shutil
+    import sys
 
-    launcher = shutil.which("deepspeed") or "deepspeed"
+    # The launcher installed next to this interpreter (a venv that is not activated is not on PATH).
+    beside = Path(sys.executable).parent / "deepspeed"
+    launcher = str(beside) if beside.is_file() else shutil.which("deepspeed") or "deepspeed"
     where = ["--hostfile", hostfile] if hostfile else ["--num_gpus", str(num_processes)]
     return [launcher, *where, "--no_local_rank", "--module", module, *args]
 
