@@ -53,8 +53,20 @@ def inverse_scheduler(noise_schedule: dict, num_steps: int):
     return scheduler
 
 
-def _predict(unet, z, t: int, cond: dict, guidance_scale: float):
-    timesteps = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
+def unet_dtype(unet) -> torch.dtype:
+    """The UNet's parameter dtype (bf16/fp16 under DeepSpeed's mixed precision; an engine's module's)."""
+    return getattr(getattr(unet, "module", unet), "dtype", torch.float32)
+
+
+def predict_noise(unet, z, timesteps, cond: dict, guidance_scale: float = 1.0):
+    """ε(z, t | cond) for ``timesteps`` (one int for the batch, or one per row); ``cond`` holds
+    ``prompt_embeds``, ``pooled`` and ``time_ids``. Guidance 1 is the conditional prediction alone;
+    above 1, classifier-free guidance with zeroed unconditional embeddings (what
+    ``force_zeros_for_empty_prompt`` feeds SDXL). Inputs are cast to the UNet's dtype."""
+    dtype = unet_dtype(unet)
+    z, cond = z.to(dtype), {k: v.to(dtype) for k, v in cond.items()}
+    if isinstance(timesteps, int):
+        timesteps = torch.full((z.shape[0],), timesteps, dtype=torch.long, device=z.device)
     if guidance_scale == 1.0:
         return unet(z, timesteps, encoder_hidden_states=cond["prompt_embeds"],
                     added_cond_kwargs={"text_embeds": cond["pooled"], "time_ids": cond["time_ids"]}).sample
@@ -77,10 +89,10 @@ def renoise_inversion(unet, x0, cond: dict, scheduler, config: InversionConfig, 
     for g in scheduler.timesteps.tolist():
         if up_to is not None and g >= up_to:
             break
-        predictions = [_predict(unet, z, g, cond, config.guidance_scale)]
+        predictions = [predict_noise(unet, z, g, cond, config.guidance_scale)]
         renoised = scheduler.step(predictions[0], g, z).prev_sample
         for _ in range(config.renoise_iterations):
-            predictions.append(_predict(unet, renoised, g, cond, config.guidance_scale))
+            predictions.append(predict_noise(unet, renoised, g, cond, config.guidance_scale))
             renoised = scheduler.step(predictions[-1], g, z).prev_sample
         z = scheduler.step(torch.stack(predictions).mean(dim=0), g, z).prev_sample
         trajectory.append(z)
@@ -112,5 +124,5 @@ def ddim_reconstruct(unet, z, cond: dict, noise_schedule: dict, num_steps: int, 
                               set_alpha_to_one=False)
     scheduler.set_timesteps(num_steps)
     for t in scheduler.timesteps.tolist():
-        z = scheduler.step(_predict(unet, z, t, cond, guidance_scale), t, z).prev_sample
+        z = scheduler.step(predict_noise(unet, z, t, cond, guidance_scale), t, z).prev_sample
     return z

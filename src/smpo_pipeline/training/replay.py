@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smpo_pipeline.training.step import unet_dtype
+from smpo_pipeline.inversion import predict_noise
 
 
 @dataclass(frozen=True)
@@ -32,22 +32,6 @@ def jittered_timesteps(steps: int, offset: int, num_train_timesteps: int = 1000)
     """The sampler's descending grid (999, 949, …, 49 for 20 steps) shifted down by ``offset``."""
     stride = num_train_timesteps // steps
     return [int(t) - offset for t in range(num_train_timesteps - 1, stride - 2, -stride)][:steps]
-
-
-def _predict(unet, z, timesteps, cond: dict, guidance_scale: float):
-    dtype = unet_dtype(unet)  # bf16/fp16 under DeepSpeed's mixed precision
-    z, cond = z.to(dtype), {k: v.to(dtype) for k, v in cond.items()}
-    kwargs = {"text_embeds": cond["pooled"], "time_ids": cond["time_ids"]}
-    if guidance_scale == 1.0:
-        return unet(z, timesteps, encoder_hidden_states=cond["prompt_embeds"], added_cond_kwargs=kwargs).sample
-    # Classifier-free guidance with zeroed unconditional embeddings (force_zeros_for_empty_prompt).
-    uncond, text = unet(
-        torch.cat([z, z]), timesteps.repeat(2),
-        encoder_hidden_states=torch.cat([torch.zeros_like(cond["prompt_embeds"]), cond["prompt_embeds"]]),
-        added_cond_kwargs={"text_embeds": torch.cat([torch.zeros_like(cond["pooled"]), cond["pooled"]]),
-                           "time_ids": cond["time_ids"].repeat(2, 1)},
-    ).sample.chunk(2)
-    return uncond + guidance_scale * (text - uncond)
 
 
 @torch.no_grad()
@@ -75,7 +59,7 @@ def sample_policy_states(unet, cond: dict, latent_shape, noise_schedule: dict, c
     kept_x, kept_eps = torch.empty_like(z), torch.empty_like(z)
     for i in range(int(keep.max()) + 1):
         t = grids[:, i].to(device)
-        eps = _predict(unet, z, t, cond, config.guidance_scale).to(z.dtype)
+        eps = predict_noise(unet, z, t, cond, config.guidance_scale).to(z.dtype)
         here = keep == i
         kept_x[here], kept_eps[here] = z[here], eps[here]
         z = torch.cat([schedulers[j].step(eps[j : j + 1], int(t[j]), z[j : j + 1]).prev_sample for j in range(n)])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smpo_pipeline.inversion import InversionConfig, renoise_inversion, smpo_target
+from smpo_pipeline.inversion import InversionConfig, renoise_inversion, smpo_target, unet_dtype
 from smpo_pipeline.objectives import dpo_loss, dro_loss, smpo_loss
 
 
@@ -55,10 +55,6 @@ class DROBatch:
 
     def __len__(self) -> int:
         return self.expert_latents.shape[0]
-
-
-def unet_dtype(unet) -> torch.dtype:
-    return getattr(getattr(unet, "module", unet), "dtype", torch.float32)
 
 
 def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> torch.Tensor:

@@ -171,11 +171,19 @@ def train_dro(preference_pairs, base_model, cache_report: dict, train: TrainPara
     return train_objective("dro", preference_pairs, base_model, cache_report, train, cache)
 
 
+def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_size: int, **generate_args):
+    """The shapes-oracle reward of ``model``'s image for every (prompt, seed)."""
+    from smpo_pipeline.models.sampling import generate
+    from smpo_pipeline.world.oracle import oracle_reward
+
+    images = generate(model, prompts, seeds, protocol, batch_size, **generate_args)
+    return np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
+
+
 def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, prompts_validation: list[str],
                                   train: TrainParams, world: WorldParams) -> dict:
     """Mean shapes-oracle reward of every model on the validation prompts, the same seeds for all."""
-    from smpo_pipeline.models.sampling import SamplingProtocol, generate
-    from smpo_pipeline.world.oracle import oracle_reward
+    from smpo_pipeline.models.sampling import SamplingProtocol
 
     e = train.evaluation
     prompts = [p for p in prompts_validation for _ in range(e.seeds_per_prompt)]
@@ -184,8 +192,7 @@ def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, 
     report = {"protocol": protocol.__dict__ | {"prompt_set": "validation", "images_per_model": len(prompts)}, "models": {}}
     trained = {"dpo": dpo_model, "smpo": smpo_model, "dro": dro_model}
     for name, model in [("base", base_model)] + [(o, trained[o]) for o in train.objectives]:
-        images = generate(model, prompts, seeds, protocol, e.batch_size, desc=f"validating {name}")
-        rewards = np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
+        rewards = oracle_rewards(model, prompts, seeds, protocol, e.batch_size, desc=f"validating {name}")
         report["models"][name] = {"mean_oracle_reward": round(float(rewards.mean()), 4),
                                   "standard_error": round(float(rewards.std(ddof=1) / np.sqrt(len(rewards))), 4)}
     base = report["models"]["base"]["mean_oracle_reward"]

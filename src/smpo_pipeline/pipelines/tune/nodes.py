@@ -49,18 +49,16 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
                    train: TrainParams, cache: CacheParams, world: WorldParams) -> tuple[dict, dict]:
     """Run (or continue) the study to ``tune.n_trials`` finished trials; returns the best
     parameters as a conf/ fragment and a report of every trial."""
-    import numpy as np
     import optuna
     from diffusers import DDPMScheduler
 
     from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.sampling import SamplingProtocol, generate
+    from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config
+    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
     from smpo_pipeline.smoothing import preference_probability
     from smpo_pipeline.training.trainer import CachedPairs, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
-    from smpo_pipeline.world.oracle import oracle_reward
 
     inv = cache.inversion
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
@@ -77,8 +75,7 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
 
     def validation_reward(unet) -> float:
         model = type(base_model)(**{**base_model.components, "unet": unet})
-        images = generate(model, prompts, seeds, protocol, train.evaluation.batch_size, progress=False)
-        return float(np.mean([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)]))
+        return float(oracle_rewards(model, prompts, seeds, protocol, train.evaluation.batch_size, progress=False).mean())
 
     def objective(trial: optuna.Trial) -> float:
         beta = trial.suggest_float("beta", tune.beta.low, tune.beta.high, log=tune.beta.log)
