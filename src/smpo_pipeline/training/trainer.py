@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -119,6 +120,10 @@ class CachedExperts(CachedPairs):
     def experts(self, rows):
         sel = self.pairs.iloc[list(rows)]
         return self.latents(sel.uid), self.conditioning(sel.caption)
+
+    @functools.cached_property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.latents(self.pairs.uid.iloc[:1]).shape[1:])
 
 
 def expert_pool(pairs, source: str = "winners", top_k: int | None = None):
@@ -286,12 +291,12 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
             sampler_net.load_state_dict(_full_state(merged_unet(policy) if config.lora_rank else policy, engine))
         net = sampler_net if sampler_net is not None else policy
         rows = rng.choice(len(experts), config.batch_size, replace=len(experts) < config.batch_size)
-        latents, (embeds, pooled, time_ids) = experts.experts(rows.tolist())
+        embeds, pooled, time_ids = experts.conditioning(experts.pairs.caption.iloc[rows])
         was_training = policy.training
         policy.eval()
         with autocast:
             x_t, timesteps, eps = sample_policy_states(net, {"prompt_embeds": embeds, "pooled": pooled,
-                                                             "time_ids": time_ids}, latents.shape[1:],
+                                                             "time_ids": time_ids}, experts.latent_shape,
                                                        NOISE_SCHEDULE, config.dro.sampler, generator)
         policy.train(was_training)
         buffer.add(x_t.float(), timesteps, eps.float(), rows)
