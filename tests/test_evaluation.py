@@ -80,3 +80,17 @@ def test_the_same_seed_gives_the_same_image_and_images_are_generated_once(tiny_p
     # Another protocol (scheduler) is another key: nothing is reused across protocols.
     other = generate_cached(pipe, fp, prompts[:1], seeds[:1], SamplingProtocol(3, 3.0, 32, "ddim"), tmp_path / "a")
     assert other[0] != first[0]
+
+
+def test_a_prompt_file_is_read_a_prompt_a_line_and_an_empty_one_is_refused_by_name(tmp_path):
+    from kedro.io import DatasetError
+
+    from smpo_pipeline.datasets import PromptListDataset
+
+    (tmp_path / "set.txt").write_text("a red circle\n\n  a blue square  \n")
+    assert PromptListDataset(str(tmp_path / "set.txt")).load() == ["a red circle", "a blue square"]
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DatasetError, match=r"empty\.txt holds no prompts"):
+        PromptListDataset(str(tmp_path / "empty.txt")).load()
+    with pytest.raises(DatasetError, match=r"missing\.txt does not exist"):
+        PromptListDataset(str(tmp_path / "missing.txt")).load()

@@ -18,7 +18,10 @@ class PromptListDataset(AbstractDataset):
         if not self._filepath.is_file():
             raise DatasetError(f"prompt file {self._filepath} does not exist")
         lines = self._filepath.read_text(encoding="utf-8").splitlines()
-        return [line.strip() for line in lines if line.strip()]
+        prompts = [line.strip() for line in lines if line.strip()]
+        if not prompts:  # an evaluation or training set of nothing would fail far from its cause
+            raise DatasetError(f"prompt file {self._filepath} holds no prompts (one prompt a line expected)")
+        return prompts
 
     def save(self, data: list[str]) -> None:
         bad = [i for i, p in enumerate(data) if "\n" in p or not p.strip()]
