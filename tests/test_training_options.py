@@ -155,6 +155,27 @@ def test_optimizer_checkpointing_precision_and_accumulation_options_train(tiny_p
         assert records[-1]["lr"] < records[0]["lr"]  # warmup 1 step, then the cosine decays
 
 
+def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_dir, tmp_path):
+    """With lr = 0 the policy never moves, so 3 steps of 2 micro-batches draw exactly the micro-batches
+    of 6 plain steps; each record must be the mean of its two (the reference's MSE differs per batch)."""
+    from dataclasses import replace
+
+    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+
+    pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)
+    config = TrainConfig("dpo", 5000.0, 10.0, "none", 6, 2, 0.0, 1, 1.0, 0.2, 0)
+    runs = {}
+    for accumulation, steps in [(1, 6), (2, 3)]:
+        runs[accumulation] = []
+        train_preference(copy.deepcopy(pipe.unet), CachedPairs(pairs, reader, prints, False),
+                         replace(config, steps=steps, gradient_accumulation=accumulation), InversionConfig(5, 1),
+                         _alphas(), lambda step, r, out=runs[accumulation]: out.append(r))
+    plain = np.array([r["ref_mse"] for r in runs[1]])
+    assert len(set(plain.round(6))) > 1  # the micro-batches differ, so the last one is not the mean
+    assert [r["ref_mse"] for r in runs[2]] == pytest.approx(plain.reshape(3, 2).mean(axis=1), rel=1e-5)
+    assert [r["loss"] for r in runs[2]] == pytest.approx([r["loss"] for r in runs[1][::2]], rel=1e-5)
+
+
 def test_fp16_without_deepspeed_is_refused(unet_and_cond):
     from smpo_pipeline.training.trainer import TrainConfig, train_preference
 

@@ -307,9 +307,12 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
         start = time.perf_counter()
         if config.objective == "dro":
             refill_buffer(step)
+        sums = {}  # loss and metrics summed over the micro-batches: the record is their mean
         for _ in range(config.gradient_accumulation):
             with autocast:
                 loss, metrics = dro_loss() if config.objective == "dro" else pair_loss()
+            for name, value in {"loss": loss, **metrics}.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
             if engine is None:
                 (loss / config.gradient_accumulation).backward()
             else:  # the engine scales by the accumulation and steps at the boundary
@@ -322,8 +325,9 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
             optimizer.zero_grad(set_to_none=True)
         else:  # clipping, the optimizer and the LR schedule are the engine's
             grad_norm = float(engine.get_global_grad_norm() or 0.0)
-        record = {"loss": loss.item(), "grad_norm": grad_norm, "lr": schedule.get_last_lr()[0],
-                  "step_time": time.perf_counter() - start} | {k: v.item() for k, v in metrics.items()}
+        means = {name: (total / config.gradient_accumulation).item() for name, total in sums.items()}
+        record = {"loss": means.pop("loss"), "grad_norm": grad_norm, "lr": schedule.get_last_lr()[0],
+                  "step_time": time.perf_counter() - start} | means
         if log:
             log(step, record)
         if step % 10 == 0:
