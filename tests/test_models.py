@@ -94,3 +94,19 @@ def test_sampling_is_a_function_of_the_seed_not_the_batch(tiny_pipeline_dir, see
     together = generate(pipe, prompts, [seed, 7, 8], protocol, batch_size=3)
     alone = generate(pipe, prompts[:1], [seed], protocol, batch_size=1)
     assert list(together[0].getdata()) == list(alone[0].getdata())
+
+
+def test_an_untrained_objective_is_saved_as_a_marker_and_a_later_model_replaces_it(tiny_pipeline_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from smpo_pipeline.datasets import DiffusersPipelineDataset, NotTrained
+
+    target = DiffusersPipelineDataset(str(tmp_path / "dro"))
+    assert not target.exists()
+    target.save(NotTrained("dro", "left out of train.objectives"))
+    assert [p.name for p in (tmp_path / "dro").iterdir()] == ["not_trained.json"]  # no copy of the base model
+    assert target.exists() and target.load() == NotTrained("dro", "left out of train.objectives")
+    target.save(StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir))
+    assert not (tmp_path / "dro/not_trained.json").exists()
+    assert isinstance(target.load(), StableDiffusionXLPipeline)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dro"]  # no .tmp / .old left behind

@@ -71,6 +71,10 @@ def test_the_node_launches_several_processes_with_torchrun(trained_project):
     assert summary["processes"] == 2 and summary["steps_run_now"] == 2
     assert (trained_project / summary["checkpoints"] / "step-0000002" / "rng-rank1.pt").is_file()
     assert json.loads((trained_project / "reports/training/dpo.json").read_text())["trained"] is False
+    # The objectives it leaves out are markers, not base-model copies, and the evaluation skips them.
+    assert [p.name for p in (trained_project / "data/06_models/dpo").iterdir()] == ["not_trained.json"]
+    assert set(json.loads((trained_project / "reports/evaluation.json").read_text())["model_fingerprints"]) \
+        == {"base", "smpo"}
 
 
 @pytest.mark.slow

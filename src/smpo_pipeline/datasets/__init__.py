@@ -1,8 +1,8 @@
 """Kedro datasets of the project (referenced by type in ``conf/*/catalog.yml``)."""
 
-from smpo_pipeline.datasets.diffusers_pipeline import DiffusersPipelineDataset
+from smpo_pipeline.datasets.diffusers_pipeline import DiffusersPipelineDataset, NotTrained
 from smpo_pipeline.datasets.parquet_shards import ParquetShardsDataset
 from smpo_pipeline.datasets.parquet_stream import ParquetStreamDataset
 from smpo_pipeline.datasets.prompt_list import PromptListDataset
 
-__all__ = ["DiffusersPipelineDataset", "ParquetShardsDataset", "ParquetStreamDataset", "PromptListDataset"]
+__all__ = ["DiffusersPipelineDataset", "NotTrained", "ParquetShardsDataset", "ParquetStreamDataset", "PromptListDataset"]

@@ -32,10 +32,15 @@ def _protocol(pipe, evaluation: EvaluationParams):
 
 def generate_images(name: str, model, prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
     """Images of ``model`` for every (prompt, seed), reused from earlier runs when the model, prompt,
-    seed and protocol are the same; an index of them (empty when ``name`` is not evaluated)."""
+    seed and protocol are the same; an index of them (empty when ``name`` is not evaluated, or was
+    not trained)."""
+    from smpo_pipeline.datasets import NotTrained
     from smpo_pipeline.models.sampling import generate_cached, model_fingerprint
 
     if name not in evaluation.models:
+        return pd.DataFrame(columns=INDEX_COLUMNS)
+    if isinstance(model, NotTrained):
+        log.warning("evaluation.models lists %s, but it was not trained (%s): it is left out", name, model.reason)
         return pd.DataFrame(columns=INDEX_COLUMNS)
     indices, prompt_list, seeds = _prompts_and_seeds(prompts, evaluation)
     fingerprint = model_fingerprint(model)

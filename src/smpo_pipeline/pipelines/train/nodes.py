@@ -49,18 +49,20 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     """Fine-tune the base model's UNet with ``objective`` on the train split, reading latents,
     embeddings and (SmPO, cached) trajectories from the cache. Returns the full SDXL pipeline with
     the trained UNet (LoRA merged), and a summary of the run; per-step metrics go to dvclive under
-    ``reports/training/<objective>/``."""
+    ``reports/training/<objective>/``. An objective that ``train.objectives`` leaves out returns a
+    ``NotTrained`` marker in place of a model."""
     from diffusers import DDPMScheduler
     from dvclive import Live
 
+    from smpo_pipeline.datasets import NotTrained
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
     if objective not in train.objectives:
-        log.info("train.objectives leaves out %s: returning the base model unchanged", objective)
-        return base_model, {"objective": objective, "trained": False}
+        log.info("train.objectives leaves out %s: it is not trained in this run", objective)
+        return NotTrained(objective, "left out of train.objectives"), {"objective": objective, "trained": False}
     inv = cache.inversion
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
     noise = train.inversion if objective == "smpo" else "none"
