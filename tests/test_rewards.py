@@ -209,3 +209,24 @@ def test_an_unreadable_cache_part_is_set_aside_and_rescored(tmp_path):
     first.write_bytes(b"truncated")
     counts = score_missing(requests, tmp_path, model, cache, 4, progress=False)
     assert counts["scored"] == 4 and len(cache.load()) == 8
+
+
+def test_image_files_are_scored_once_and_a_changed_prompt_is_scored_again(tmp_path):
+    """The evaluation's scoring: PNG files keyed by name and prompt."""
+    from smpo_pipeline.rewards.cache import score_files
+
+    images, prompts = _samples(6, seed=5)
+    items = []
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+        items.append((f"fp/{i}.png", prompts[i], tmp_path / f"{i}.png"))
+    model = build_reward_model("shapes-oracle")
+    cache = ScoreCache(tmp_path / "scores", model.model_id)
+    scores, scored = score_files(items, model, cache, 4)
+    assert scored == 6 and len(list(cache.directory.glob("part-*.parquet"))) == 2  # batches of 4 and 2
+    np.testing.assert_allclose(scores, model.score(images, prompts))
+    again, scored = score_files(items[::-1], model, cache, 4)
+    assert scored == 0 and list(again) == list(scores[::-1])
+    other = [(uid, prompts[(i + 1) % 6], path) for i, (uid, _, path) in enumerate(items)]
+    changed, scored = score_files(other, model, cache, 4)
+    assert scored == 6 and list(changed) == list(model.score(images, [p for _, p, _ in other]))

@@ -55,7 +55,11 @@ def test_train_ends_with_the_evaluation_of_every_model_on_shared_seeds(trained_p
 
 @pytest.mark.slow
 def test_a_rerun_with_the_same_settings_resumes_from_the_finished_checkpoint(trained_project):
+    scores = sorted((trained_project / "data/07_model_output/evaluation_images/scores").rglob("part-*.parquet"))
+    assert scores
     run_kedro(trained_project, ["train"], CHAIN)
+    # The same models, prompts and seeds: the evaluation reuses every image and every score.
+    assert sorted((trained_project / "data/07_model_output/evaluation_images/scores").rglob("part-*.parquet")) == scores
     summary = json.loads((trained_project / "reports/training/smpo.json").read_text())
     assert summary["steps_run_now"] == 0 and summary["checkpoints"].startswith("data/06_models/checkpoints/smpo/")
     assert (trained_project / summary["checkpoints"] / "step-0000003" / "state.json").is_file()

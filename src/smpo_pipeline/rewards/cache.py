@@ -101,3 +101,28 @@ def score_missing(
                 on_batch(batches)
     bar.close()
     return {"images": total, "from_cache": cached, "scored": todo}
+
+
+def score_files(
+    items: list[tuple[str, str, Path]],
+    model,
+    cache: ScoreCache,
+    batch_size: int,
+    desc: str = "scoring",
+) -> tuple[np.ndarray, int]:
+    """The score of every (uid, caption, image path), in order: read from ``cache`` where it holds
+    one, else scored a batch at a time and appended, so an interrupted run keeps what it scored.
+    Returns the scores and how many were scored now."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    done = cache.load()
+    keys = [(uid, caption_key(caption)) for uid, caption, _ in items]
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch", mininterval=2):
+        batch = [items[i] for i in todo[start : start + batch_size]]
+        images = [Image.open(path).convert("RGB") for _, _, path in batch]
+        scores = model.score(images, [caption for _, caption, _ in batch])
+        cache.append([uid for uid, _, _ in batch], [caption for _, caption, _ in batch], scores)
+        done.update({(uid, caption_key(caption)): float(v) for (uid, caption, _), v in zip(batch, scores, strict=True)})
+    return np.array([done[key] for key in keys], dtype=float), len(todo)

@@ -68,22 +68,21 @@ def generate_dro_images(dro_model, evaluation_prompts: list[str], evaluation: Ev
 
 def score_images(base_images: pd.DataFrame, dpo_images: pd.DataFrame, smpo_images: pd.DataFrame,
                  dro_images: pd.DataFrame, evaluation: EvaluationParams) -> pd.DataFrame:
-    """Every image scored by every configured reward model: one row per (image, reward model)."""
-    from PIL import Image
-    from tqdm.auto import tqdm
-
+    """Every image scored by every configured reward model: one row per (image, reward model).
+    Scores are kept under ``<image_root>/scores/<reward model id>/``, keyed by the image's name (a
+    hash of model weights, prompt, seed and protocol) and prompt, so a re-run scores only new images."""
+    from smpo_pipeline.rewards.cache import ScoreCache, score_files
     from smpo_pipeline.rewards.models import build_reward_model
 
     images = pd.concat([f for f in (base_images, dpo_images, smpo_images, dro_images) if len(f)], ignore_index=True)
+    items = [(f"{Path(p).parent.name}/{Path(p).name}", prompt, Path(p)) for p, prompt in zip(images.path, images.prompt,
+                                                                                              strict=True)]
     frames = []
     for spec in evaluation.reward_models:
         reward = build_reward_model(spec.name, **spec.options)
-        scores = []
-        for start in tqdm(range(0, len(images), evaluation.batch_size), desc=f"scoring ({spec.name})", unit="batch",
-                          mininterval=2):
-            chunk = images.iloc[start : start + evaluation.batch_size]
-            pictures = [Image.open(p).convert("RGB") for p in chunk.path]
-            scores += list(reward.score(pictures, list(chunk.prompt)))
+        cache = ScoreCache(Path(evaluation.image_root) / "scores", reward.model_id)
+        scores, scored = score_files(items, reward, cache, evaluation.batch_size, desc=f"scoring ({spec.name})")
+        log.info("%s: %d images scored, %d from the score cache", spec.name, scored, len(items) - scored)
         frames.append(images.assign(reward_model=spec.name, reward_model_id=reward.model_id, score=scores))
     return pd.concat(frames, ignore_index=True)
 
