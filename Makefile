@@ -22,6 +22,7 @@ run: install
 	$(BIN)/kedro run
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean-data:

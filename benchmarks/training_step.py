@@ -148,7 +148,7 @@ def main() -> None:
     import smpo_pipeline  # noqa: F401 - project environment (offline, telemetry off)
 
     if args.only:
-        print(json.dumps(run_one(args)))  # noqa: T201
+        print(json.dumps(run_one(args)))
         return
     rows = []
     for objective in args.objectives:
@@ -157,12 +157,12 @@ def main() -> None:
         if out.returncode:
             raise SystemExit(f"{objective} failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{args.model}, {rows[0]['resolution']} px, {args.pairs} pairs per step, {rows[0]['device']}, "  # noqa: T201
+    print(f"{args.model}, {rows[0]['resolution']} px, {args.pairs} pairs per step, {rows[0]['device']}, "
           f"median of {args.steps} steps (each objective in its own process)")
-    print(f"{'objective':<12} {'s/step':>8} {'steps/s':>8} {'peak GiB':>9} {'TFLOP/s':>8} {'vs dpo':>7}")  # noqa: T201
+    print(f"{'objective':<12} {'s/step':>8} {'steps/s':>8} {'peak GiB':>9} {'TFLOP/s':>8} {'vs dpo':>7}")
     base = rows[0]["seconds"]
     for r in rows:
-        print(f"{r['objective']:<12} {r['seconds']:8.3f} {1 / r['seconds']:8.2f} {r['peak_gib']:9.2f} "  # noqa: T201
+        print(f"{r['objective']:<12} {r['seconds']:8.3f} {1 / r['seconds']:8.2f} {r['peak_gib']:9.2f} "
               f"{r['tflops']:8.3f} {r['seconds'] / base:7.2f}")
 
 

@@ -7,14 +7,14 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-import pytest  # noqa: E402
+import pytest
 
-import smpo_pipeline  # noqa: E402, F401 - sets the project environment
-from tests.pickapic_factory import encode, png_header_only, valid_rows, write_shard  # noqa: E402
+import smpo_pipeline  # noqa: F401 - sets the project environment
+from tests.pickapic_factory import encode, png_header_only, valid_rows, write_shard
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

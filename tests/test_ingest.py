@@ -102,7 +102,7 @@ def test_images_are_stored_once_byte_for_byte(tmp_path):
 def test_duplicates_are_found_across_shards(tmp_path):
     rows = valid_rows(3)
     write_shard(tmp_path / "raw" / "a.parquet", rows)
-    write_shard(tmp_path / "raw" / "b.parquet", [dict(rows[2], __index_level_0__=99)] + valid_rows(2, seed=1))
+    write_shard(tmp_path / "raw" / "b.parquet", [dict(rows[2], __index_level_0__=99), *valid_rows(2, seed=1)])
     _, summary = run(tmp_path / "raw", tmp_path / "work")
     assert summary["quarantine_reasons"] == {"duplicate row: a.parquet row 2": 1}
 

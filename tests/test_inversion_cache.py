@@ -220,7 +220,7 @@ def test_two_processes_split_the_work_without_overlap(tiny_pipeline_dir, tmp_pat
     assert out.returncode == 0, out.stderr[-2000:]
     ranks = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in ranks) == [0, 1] and sum(r["trajectories"] for r in ranks) == 7
-    per_rank = [set(e for info in json.loads((tmp_path / "cache" / f"manifest.rank{r}.json").read_text())["shards"].values()
-                    for e in info["entries"]) for r in (0, 1)]
+    per_rank = [{e for info in json.loads((tmp_path / "cache" / f"manifest.rank{r}.json").read_text())["shards"].values()
+                 for e in info["entries"]} for r in (0, 1)]
     assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]
     assert len(per_rank[0] | per_rank[1]) == 7 + 7 + len({c for _, c, _ in items})

@@ -52,7 +52,7 @@ def setup(tiny_pipeline_dir):
 
 
 def test_random_noise_is_shared_within_a_pair(setup):
-    unet, batch, scheduler, alphas = setup
+    _, batch, _, alphas = setup
     t = torch.tensor([10, 500, 990])
     x_t, target = noisy_inputs(batch, t, "none", alphas, torch.Generator().manual_seed(1))
     assert torch.equal(target[:3], target[3:])
@@ -73,7 +73,7 @@ def test_online_inversion_by_an_unchanged_policy_equals_the_cached_trajectory(se
 
 
 def test_a_step_moves_the_policy_and_never_the_reference(setup):
-    unet, batch, scheduler, alphas = setup
+    unet, batch, _, alphas = setup
     policy, reference = copy.deepcopy(unet), copy.deepcopy(unet).requires_grad_(False)
     before = [p.clone() for p in reference.parameters()]
     loss, metrics = preference_loss(policy, reference, batch, torch.tensor([100, 300, 700]), "dpo", 5000.0, 10.0,

@@ -59,7 +59,7 @@ def summarize(scores: pd.DataFrame, models: list[str], reference: str = "base", 
         for a, b in comparisons:
             rate, low, high = win_rate(table[a].to_numpy(), table[b].to_numpy(), groups, samples, confidence, seed)
             wins[f"{a}_vs_{b}"] = {"win_rate": rate, "ci_low": low, "ci_high": high}
-        report[reward_model] = {"images_per_model": len(table), "prompts": int(len(set(groups))), "models": per_model,
+        report[reward_model] = {"images_per_model": len(table), "prompts": len(set(groups)), "models": per_model,
                                 "win_rates": wins}
     return report
 

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model)
     counts = build_cache(pipe, items, Path(args.root), InversionConfig(args.num_steps, args.renoise_iterations, args.guidance_scale),
                          args.batch_size, rank, world, getattr(torch, args.dtype), progress=rank == 0)
-    print(json.dumps({"rank": rank, "world_size": world} | counts))
+    print(json.dumps({"rank": rank, "world_size": world} | counts))  # noqa: T201 - read by the parent process
 
 
 if __name__ == "__main__":

@@ -61,6 +61,6 @@ def test_an_invalid_parameter_stops_the_session_naming_the_key(bootstrapped):
     # Nodes take pydantic-typed parameters, so Kedro's own validator checks them on load.
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(bootstrapped)
-        with pytest.raises(ParameterValidationError, match=r"(?s)'base_model'.*unet\.steps\s+Input should be greater than 0"):
-            with KedroSession.create(project_path=bootstrapped, runtime_params={"base_model": {"unet": {"steps": -1}}}) as s:
-                s.load_context().params  # noqa: B018 - loading is what validates
+        with (pytest.raises(ParameterValidationError, match=r"(?s)'base_model'.*unet\.steps\s+Input should be greater than 0"),
+              KedroSession.create(project_path=bootstrapped, runtime_params={"base_model": {"unet": {"steps": -1}}}) as s):
+            s.load_context().params  # noqa: B018 - loading is what validates

@@ -77,7 +77,7 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
 def read_schema(path: Path) -> pa.Schema:
     try:
         return pq.read_schema(path)
-    except Exception as exc:  # noqa: BLE001 - whatever pyarrow says, name the file
+    except Exception as exc:  # whatever pyarrow says, name the file
         raise DataValidationError(f"{path}: not a readable parquet file ({exc})") from exc
 
 
@@ -302,7 +302,7 @@ def validate_shard(path: Path, work_dir: Path, settings: IngestSettings, seen: d
     check_schema(read_schema(path), path)
     try:
         table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # re-raised with the file named
         raise DataValidationError(f"{path}: not a readable parquet file ({exc})") from exc
     frame = validation_frame(table, shard, seen, settings)
     expectations, per_row = run_expectations(frame, settings)

@@ -170,5 +170,5 @@ def train_unet_and_text_encoders(
         final["unet"],
         (final["te1"], final["te2"]),
         {"steps": steps, "seconds": round(time.perf_counter() - start, 1),
-         "final_loss": round(float(np.mean(tail)), 4), "training_images": int(len(captions))},
+         "final_loss": round(float(np.mean(tail)), 4), "training_images": len(captions)},
     )

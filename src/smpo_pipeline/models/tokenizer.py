@@ -42,7 +42,7 @@ def train_clip_tokenizer(corpus: Iterable[str], vocab_size: int = 600, model_max
     base = sorted(alphabet, key=lambda ch: ord(ch))
     tokens = base + [ch + "</w>" for ch in base] + ["".join(pair) for pair in merges]
     vocab: dict[str, int] = {}
-    for token in tokens + [BOS, EOS]:
+    for token in [*tokens, BOS, EOS]:
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(
         vocab=vocab,
