@@ -130,6 +130,41 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     assert policy.dtype == torch.float32
 
 
+@pytest.mark.parametrize("case", ["sdxl-zero2-adafactor", "sdxl-zero3-offload-adafactor", "zero3-lora"])
+def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir, tmp_path, case):
+    """The sdxl profile's DeepSpeed configs as written, with its optimizer (Adafactor, which DeepSpeed
+    does not list; under offload it steps on the CPU copy), on the tiny model; and ZeRO-3 partitioning
+    a LoRA policy whose reference is the same module with adapters off."""
+    import json
+
+    from diffusers import DDPMScheduler
+
+    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from tests.conftest import PROJECT_ROOT
+
+    pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, n=2)
+    data = CachedPairs(pairs, reader, prints, True)
+    if case.startswith("sdxl"):
+        name = "zero2_8gpu" if "zero2" in case else "zero3_offload"
+        ds = json.loads((PROJECT_ROOT / f"conf/sdxl/deepspeed/{name}.json").read_text())
+        if "offload_optimizer" in ds["zero_optimization"]:
+            ds["zero_optimization"]["offload_optimizer"]["pin_memory"] = False  # no CUDA host memory here
+        options = {"optimizer": "adafactor", "precision": "bf16"}
+    else:
+        ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()) | {"zero_optimization": {"stage": 3}}
+        options = {"lora_rank": 4, "lora_alpha": 4}
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    records = []
+    policy = train_preference(pipe.unet, data, TrainConfig("dpo", 5000.0, 10.0, "cached", 2, 2, 1e-2, 1, 1.0, 0.0, 0, ds,
+                                                       **options),
+                              InversionConfig(5, 1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                              lambda step, r: records.append(r))
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert set(policy.state_dict()) == set(before)  # a plain UNet again (LoRA merged)
+    assert any(not torch.equal(before[k], v.to(before[k].dtype)) for k, v in policy.state_dict().items())
+    assert policy.dtype == torch.float32
+
+
 RESUMABLE_RUN = """
 import json, os, signal, sys
 from pathlib import Path

@@ -207,6 +207,16 @@ def _deepspeed_config(config: TrainConfig) -> dict:
     ds.pop("train_batch_size", None)  # derived: micro-batch × accumulation × world size
     if config.precision in ("bf16", "fp16"):
         ds[config.precision] = ds.get(config.precision, {}) | {"enabled": True}
+    if config.optimizer == "adafactor":
+        # DeepSpeed vouches only for the optimizers it lists (Adam, AdamW, Adagrad, Lion) and refuses
+        # others at start-up. torch's Adafactor trains under ZeRO 2 and 3 (tested); note that ZeRO
+        # hands it flat 1-D partitions, so its second moments are kept whole, not factored.
+        ds.setdefault("zero_allow_untested_optimizer", True)
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if offload != "none":
+        # The trainer passes a torch optimizer (so DeepSpeed's cpu_adam is never compiled), which then
+        # steps on the offloaded CPU copy; DeepSpeed refuses that unless it is told it is intended.
+        ds.setdefault("zero_force_ds_cpu_optimizer", False)
     return ds
 
 
@@ -339,10 +349,12 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
             checkpoints.save(config.checkpoint_dir, done, policy, optimizer, schedule, engine, generator, rng,
                              config.keep_last, rank=rank, world_size=world_size, extra=buffer.state_dict(),
                              shared=shared)
-    state = _full_state(policy, engine)
-    if config.lora_rank:
-        policy.load_state_dict(state)
-        return merged_unet(policy).float().eval()
+    # The result goes into a fresh module: under ZeRO-3 the policy's own tensors are empty shards.
+    state = {k: v.float() for k, v in _full_state(policy, engine).items()}
     result = copy.deepcopy(base_unet).float()
-    result.load_state_dict({k: v.float() for k, v in state.items()})
+    if config.lora_rank:
+        result = add_lora(result, config.lora_rank, config.lora_alpha)
+        result.load_state_dict(state)
+        return merged_unet(result).eval()
+    result.load_state_dict(state)
     return result.eval()
