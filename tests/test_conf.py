@@ -20,3 +20,24 @@ def test_environment_parameters_validate(env):
         assert params.data.raw_dir == "data/01_raw/pickapic_v2"
     else:
         assert params.rewards.model == "shapes-oracle" and params.data.raw_dir == "data/01_raw/pickapic"
+
+
+def test_the_project_sets_its_environment_itself_even_without_an_activated_venv(tmp_path):
+    """Telemetry off, the op cache inside the project, and this interpreter's tools (dvc, deepspeed,
+    ninja) first on PATH: a system ninja of another version rebuilt the op cache the venv's had built."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import json, os, shutil, smpo_pipeline; print(json.dumps({k: os.environ.get(k) for k in "
+              "('DO_NOT_TRACK', 'KEDRO_DISABLE_TELEMETRY', 'DVC_NO_ANALYTICS', 'GX_ANALYTICS_ENABLED', "
+              "'HF_HUB_OFFLINE', 'TORCH_EXTENSIONS_DIR')} | {'ninja': shutil.which('ninja'), 'dvc': shutil.which('dvc')}))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    env = json.loads(out.stdout.strip().splitlines()[-1])
+    assert env["DO_NOT_TRACK"] == "1" and env["KEDRO_DISABLE_TELEMETRY"] == "true"
+    assert env["DVC_NO_ANALYTICS"] == "1" and env["GX_ANALYTICS_ENABLED"] == "false" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "data/cache/torch_extensions")
+    tools = Path(sys.executable).parent
+    assert Path(env["ninja"]).parent == tools and Path(env["dvc"]).parent == tools

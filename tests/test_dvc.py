@@ -4,12 +4,9 @@ remote restores the models and checkpoints in a fresh clone (`dvc push` / `dvc p
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -25,10 +22,9 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def _sh(cwd, *command, check=True):
-    # dvc, and the `kedro` its stages run, are this interpreter's (the venv may not be activated).
-    env = environment_without_process_group()
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    out = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    # dvc, and the `kedro` its stages run, are this interpreter's even when the venv is not activated:
+    # importing smpo_pipeline put its directory first on PATH (runtime.py).
+    out = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=environment_without_process_group())
     if check and out.returncode:
         raise AssertionError(f"{' '.join(command)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out.stdout + out.stderr

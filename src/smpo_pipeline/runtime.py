@@ -5,11 +5,16 @@
   off through the ``runtime.hf_hub_offline`` parameter (see ``hooks.py``) so a user's own access
   to SDXL weights keeps working. A value the user exported wins over both.
 - DeepSpeed's JIT-compiled ops are cached inside the project (``TORCH_EXTENSIONS_DIR``).
+- The tools installed next to this interpreter (``dvc``, ``deepspeed``, ``torchrun``, ``ninja``) come
+  first on ``PATH``, also when the virtual environment is not activated. Otherwise a system ``ninja``
+  of another version shared the op cache with the environment's and each rebuilt the op (~40 s)
+  that the other had built.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PROJECT_ENVIRONMENT: dict[str, str] = {
@@ -37,6 +42,9 @@ def apply_project_environment(project_root: Path | None = None) -> None:
         os.environ.setdefault(key, value)
     root = project_root or Path.cwd()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / "data" / "cache" / "torch_extensions"))
+    tools = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != tools:
+        os.environ["PATH"] = os.pathsep.join(p for p in (tools, os.environ.get("PATH")) if p)
 
 
 def set_hf_hub_offline(offline: bool) -> None:
