@@ -124,7 +124,7 @@ REDUCED = {
 CHAIN = REDUCED | {
     "cache": {"batch_size": 8, "inversion": {"num_steps": 5}},
     "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "inversion": "cached",
-              "evaluation": {"steps": 2, "seeds_per_prompt": 1}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
+              "evaluation": {"steps": 2, "seeds_per_prompt": 1, "max_prompts": 16}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
     "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
                    "grid": {"prompts": 3}},
 }

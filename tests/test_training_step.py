@@ -194,7 +194,8 @@ train_preference(pipe.unet, data, config, inv, DDPMScheduler(**NOISE_SCHEDULE).a
 """
 
 
-@pytest.mark.parametrize(("engine", "objective"), [("torch", "smpo"), ("deepspeed", "smpo"), ("torch", "dro")])
+# Plain-torch resume is exercised by DRO (which also restores its buffer and sampler), SmPO's by ZeRO-2.
+@pytest.mark.parametrize(("engine", "objective"), [("deepspeed", "smpo"), ("torch", "dro")])
 def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path, engine, objective):
     import json
     import subprocess

@@ -165,6 +165,7 @@ class CacheParams(_Section):
 
 class TrainEvaluationParams(SamplingParams):
     seeds_per_prompt: PositiveInt = 2
+    max_prompts: PositiveInt | None = None  # the first N validation prompts (reduced-size runs)
 
 
 Objective = Literal["dpo", "smpo", "dro"]

@@ -14,12 +14,13 @@ from tests.conftest import CHAIN, run_kedro
 
 @pytest.mark.slow
 def test_each_objective_yields_a_stock_diffusers_model(trained_project):
-    script = ("import sys; from diffusers import StableDiffusionXLPipeline as P; "
-              "p = P.from_pretrained(sys.argv[1]); print(type(p.unet).__name__, 'smpo_pipeline' in sys.modules)")
-    for objective in ("dpo", "smpo", "dro"):
-        out = subprocess.run([sys.executable, "-c", script, str(trained_project / f"data/06_models/{objective}")],
-                             capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-        assert out.stdout.split() == ["UNet2DConditionModel", "False"], out.stderr[-1000:]
+    script = ("import sys; from diffusers import StableDiffusionXLPipeline as P\n"
+              "for path in sys.argv[1:]: print(type(P.from_pretrained(path).unet).__name__)\n"
+              "print('smpo_pipeline' in sys.modules)")
+    models = [str(trained_project / f"data/06_models/{objective}") for objective in ("dpo", "smpo", "dro")]
+    out = subprocess.run([sys.executable, "-c", script, *models], capture_output=True, text=True,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["UNet2DConditionModel"] * 3 + ["False"], out.stderr[-1000:]
 
 
 @pytest.mark.slow
@@ -32,6 +33,7 @@ def test_training_reports_per_step_metrics_and_the_comparison(trained_project):
         assert len((trained_project / f"reports/training/{objective}/plots/metrics/loss.tsv").read_text().splitlines()) == 4
     report = json.loads((trained_project / "reports/training.json").read_text())
     assert set(report["models"]) == {"base", "dpo", "smpo", "dro"} and report["models"]["base"]["vs_base"] == 0.0
+    assert report["protocol"]["images_per_model"] == 16  # train.evaluation.max_prompts × 1 seed
 
 
 @pytest.mark.slow
@@ -68,27 +70,20 @@ def test_a_rerun_with_the_same_settings_resumes_from_the_finished_checkpoint(tra
 
 
 @pytest.mark.slow
-def test_the_node_launches_several_processes_with_torchrun(trained_project):
-    two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["smpo"]}}
-    run_kedro(trained_project, ["train"], two)
-    summary = json.loads((trained_project / "reports/training/smpo.json").read_text())
-    assert summary["processes"] == 2 and summary["steps_run_now"] == 2
-    assert (trained_project / summary["checkpoints"] / "step-0000002" / "rng-rank1.pt").is_file()
-    assert json.loads((trained_project / "reports/training/dpo.json").read_text())["trained"] is False
-    # The objectives it leaves out are markers, not base-model copies, and the evaluation skips them.
-    assert [p.name for p in (trained_project / "data/06_models/dpo").iterdir()] == ["not_trained.json"]
-    assert set(json.loads((trained_project / "reports/evaluation.json").read_text())["model_fingerprints"]) \
-        == {"base", "smpo"}
-
-
-@pytest.mark.slow
 def test_the_node_launches_ranks_with_the_deepspeed_launcher(trained_project, tmp_path):
-    """`train.launcher: deepspeed` (what a multi-node hostfile run uses), here on one machine."""
+    """`train.launcher: deepspeed` (what a multi-node hostfile run uses), here on one machine. (The
+    default launcher, torchrun, runs the same entry point in test_training_step.py.)"""
     two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["dpo"],
                                             "launcher": "deepspeed", "launch_dir": str(tmp_path)}}
     run_kedro(trained_project, ["train"], two)
     summary = json.loads((trained_project / "reports/training/dpo.json").read_text())
     assert summary["processes"] == 2 and summary["steps_run_now"] == 2
+    assert (trained_project / summary["checkpoints"] / "step-0000002" / "rng-rank1.pt").is_file()
+    assert json.loads((trained_project / "reports/training/smpo.json").read_text())["trained"] is False
+    # The objectives it leaves out are markers, not base-model copies, and the evaluation skips them.
+    assert [p.name for p in (trained_project / "data/06_models/smpo").iterdir()] == ["not_trained.json"]
+    assert set(json.loads((trained_project / "reports/evaluation.json").read_text())["model_fingerprints"]) \
+        == {"base", "dpo"}
     assert list(tmp_path.iterdir()) == []  # the launch directory is cleaned up
 
 

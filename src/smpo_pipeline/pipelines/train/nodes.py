@@ -188,6 +188,7 @@ def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, 
     from smpo_pipeline.models.sampling import SamplingProtocol
 
     e = train.evaluation
+    prompts_validation = prompts_validation[: e.max_prompts] if e.max_prompts else prompts_validation
     prompts = [p for p in prompts_validation for _ in range(e.seeds_per_prompt)]
     seeds = list(range(len(prompts)))
     protocol = SamplingProtocol(e.steps, e.guidance_scale, world.resolution)
