@@ -40,10 +40,7 @@ def _setup(args):
     if args.model == "sdxl":
         from smpo_pipeline.models.sdxl import build_sdxl_unet
 
-        # Built on the target device in bf16 directly: an fp32 copy of the 2.6 B-parameter UNet is 10 GB.
-        torch.set_default_dtype(torch.bfloat16)
-        unet = build_sdxl_unet(device)
-        torch.set_default_dtype(torch.float32)
+        unet = build_sdxl_unet(device, torch.bfloat16)
         # The latent side follows the pixel side (VAE factor 8); the UNet itself is size-agnostic.
         unet.register_to_config(sample_size=args.resolution // 8)
         tokens, width, pooled_dim, size = 77, 2048, 1280, args.resolution

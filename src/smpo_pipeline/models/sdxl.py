@@ -32,9 +32,14 @@ def build_sdxl_unet(device: str = "meta", dtype=None):
     import torch
     from diffusers import UNet2DConditionModel
 
-    with torch.device(device):
-        unet = UNet2DConditionModel(**SDXL_UNET)
-    return unet.to(dtype) if dtype is not None else unet
+    # Built in ``dtype`` directly: an fp32 copy of the 2.6 B-parameter UNet first would be 10 GB.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or previous)
+    try:
+        with torch.device(device):
+            return UNet2DConditionModel(**SDXL_UNET)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def build_sdxl_text_encoders(device: str = "meta"):
