@@ -106,6 +106,11 @@ def test_an_untrained_objective_is_saved_as_a_marker_and_a_later_model_replaces_
     target.save(NotTrained("dro", "left out of train.objectives"))
     assert [p.name for p in (tmp_path / "dro").iterdir()] == ["not_trained.json"]  # no copy of the base model
     assert target.exists() and target.load() == NotTrained("dro", "left out of train.objectives")
+    good = (tmp_path / "dro/not_trained.json").read_text()
+    (tmp_path / "dro/not_trained.json").write_text('{"objective": "dro"')
+    with pytest.raises(Exception, match=r"dro/not_trained.json: not a not-trained marker"):
+        target.load()
+    (tmp_path / "dro/not_trained.json").write_text(good)
     target.save(StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir))
     assert not (tmp_path / "dro/not_trained.json").exists()
     assert isinstance(target.load(), StableDiffusionXLPipeline)

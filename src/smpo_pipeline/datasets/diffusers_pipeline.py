@@ -57,8 +57,12 @@ class DiffusersPipelineDataset(AbstractDataset):
         return not self._path.exists() and self._source.count("/") == 1 and not self._source.startswith((".", "/"))
 
     def load(self):
-        if (self._path / NOT_TRAINED).is_file():
-            return NotTrained(**json.loads((self._path / NOT_TRAINED).read_text()))
+        marker = self._path / NOT_TRAINED
+        if marker.is_file():
+            try:
+                return NotTrained(**json.loads(marker.read_text()))
+            except (ValueError, TypeError) as exc:  # bad JSON, or other fields than objective / reason
+                raise DatasetError(f"{marker}: not a not-trained marker ({exc})") from exc
         args = dict(self._load_args)
         if self._vae:
             from diffusers import AutoencoderKL
