@@ -122,3 +122,46 @@ def test_annotator_population_is_deterministic_and_skewed_in_activity():
     drawn = [a.draw(rng).user_id for _ in range(2000)]
     counts = np.bincount(np.asarray(drawn) - 1000, minlength=10)
     assert counts[0] > 3 * counts[-1] > 0
+
+
+def test_web_captions_make_each_kind_of_mistake_at_its_rate_and_stay_in_the_grammar():
+    from smpo_pipeline.world.captions import MISTAKES, web_caption, web_captions
+
+    prompts = [c.prompt for c in all_compositions()] * 3
+    rates = {"swap_colors": 0.3, "position": 0.5, "color": 0.1, "shape": 0.0, "size": 0.2}
+    captions, shares = web_captions(prompts, rates, seed=0)
+    assert set(shares) == set(MISTAKES)
+    for kind, rate in rates.items():
+        assert shares[kind] == pytest.approx(rate, abs=0.03), kind
+    truth, written = [parse_prompt(p) for p in prompts], [parse_prompt(c) for c in captions]
+    assert all(t.shape == w.shape for t, w in zip(truth, written, strict=True))  # shape rate 0: never changed
+    moved = np.mean([t.position != w.position for t, w in zip(truth, written, strict=True)])
+    assert moved == pytest.approx(0.5, abs=0.03)  # another position each time it is drawn
+    assert captions == web_captions(prompts, rates, seed=0)[0] and captions != web_captions(prompts, rates, seed=1)[0]
+
+    comp = Composition("small", "red", "circle", "left", "blue")
+    swapped, made = web_caption(comp, {"swap_colors": 1.0}, np.random.default_rng(0))
+    assert made == ["swap_colors"] and swapped == "a small blue circle at the left on a red background"
+    with pytest.raises(ValueError, match="unknown caption mistakes"):
+        web_caption(comp, {"blur": 0.1}, np.random.default_rng(0))
+
+
+def test_labelled_pairs_share_image_uids_across_rows_and_count_their_captions():
+    from smpo_pipeline.world.labelling import candidate_pairs, label_pairs
+
+    rng = np.random.default_rng(0)
+    pairs = candidate_pairs(3, 4, 6, rng)
+    assert len(pairs) == 18 and len(set(pairs)) == 18 and all(a < b for _, a, b in pairs)
+    assert len(candidate_pairs(5, 4, 2, rng)) == 10
+    captions = [c.prompt for c in all_compositions()[:3]]
+    renders = [[render(c, rng=np.random.default_rng(k)) for k in range(4)] for c in captions]
+    readings = [[read_image(img) for img in row] for row in renders]
+    images = [[img.tobytes() for img in row] for row in renders]
+    generators = [[f"g{k}" for k in range(4)] for _ in captions]
+    rows, summary = label_pairs(captions, readings, images, generators, pairs, AnnotatorPopulation(size=5), rng)
+    assert summary.pairs == 18 and len(rows["image_0_uid"]) == 18
+    uid_of = {}
+    for (i, a, b), u0, u1 in zip(pairs, rows["image_0_uid"], rows["image_1_uid"], strict=True):
+        assert uid_of.setdefault((i, a), u0) == u0 and uid_of.setdefault((i, b), u1) == u1
+    assert len(set(uid_of.values())) == 12  # one uid per candidate image
+    assert rows["num_example_per_prompt"] == [6] * 18

@@ -3,7 +3,8 @@
 The protocol is paired: every model generates the same (prompt, seed) list, so models are compared
 image for image. A win rate of A over B is the share of (prompt, seed) where A's score beats B's
 (ties count half); its 95 % interval is a percentile bootstrap that resamples *prompts* (the images
-of one prompt are not independent), with the same resampled prompts for every comparison.
+of one prompt are not independent), with the same resampled prompts for every comparison. A model
+trained with several seeds is several runs (replicas); intervals then resample the runs as well.
 """
 
 from __future__ import annotations
@@ -34,54 +35,98 @@ def win_rate(a: np.ndarray, b: np.ndarray, groups: np.ndarray, samples: int = 20
     return float(outcome.mean()), float(low), float(high)
 
 
+def _per_prompt(frame: pd.DataFrame, model: str, prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean score [replica, prompt], scores [replica, prompt, image seed]) of one model, prompts in
+    the order of ``prompts``."""
+    table = frame[frame.model == model].pivot_table(index=["replica", "prompt"], columns="seed", values="score",
+                                                    aggfunc="first")
+    replicas = sorted(table.index.get_level_values("replica").unique())
+    cube = np.stack([table.loc[r].reindex(prompts).to_numpy() for r in replicas])
+    return cube.mean(axis=2), cube
+
+
+def hierarchical_bootstrap(values: np.ndarray, samples: int, confidence: float, seed: int) -> tuple[float, float, float]:
+    """(estimate, low, high) of the mean of ``values[replica of A, replica of B, prompt]``, with a
+    percentile interval that resamples prompts *and* the training runs of each side: the spread
+    between training seeds is part of the uncertainty, not only the spread between prompts."""
+    ra, rb, n = values.shape
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(samples, n))
+    draws_a, draws_b = rng.integers(0, ra, size=(samples, ra)), rng.integers(0, rb, size=(samples, rb))
+    per_sample = np.take(values, picks, axis=2).mean(axis=3)  # [ra, rb, samples]
+    boot = np.array([per_sample[np.ix_(draws_a[k], draws_b[k], [k])].mean() for k in range(samples)])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
 def summarize(scores: pd.DataFrame, models: list[str], reference: str = "base", samples: int = 2000,
               confidence: float = 0.95, seed: int = 0) -> dict:
-    """Per reward model: each model's mean, median, standard error; win rates of every model against
-    ``reference`` and between every pair of the other models, with bootstrap CIs.
+    """Per reward model: each model's mean, median, standard error and number of training runs; the
+    gain in mean score and the win rate of every model against ``reference`` and of every two other
+    models, each with an interval that resamples prompts and training runs (``hierarchical_bootstrap``).
 
-    ``scores``: one row per image — ``model``, ``prompt``, ``seed``, ``reward_model``, ``score``."""
+    ``scores``: one row per image — ``model``, ``prompt``, ``seed`` (the image's), ``reward_model``,
+    ``score`` and, for models trained several times, ``replica`` (0, 1, …; absent: one run). A win
+    compares images of the same (prompt, seed) — ties count half — over every pair of runs."""
+    scores = scores if "replica" in scores else scores.assign(replica=0)
     report = {}
     for reward_model, frame in scores.groupby("reward_model", sort=True):
-        table = frame.pivot_table(index=["prompt", "seed"], columns="model", values="score", aggfunc="first")
-        missing = [m for m in models if m not in table.columns]
-        if missing or table[models].isna().any().any():
-            raise ValueError(f"{reward_model}: models {missing or models} lack scores for some (prompt, seed): "
+        counts = frame.groupby(["model", "replica"]).size()
+        expected = frame[["prompt", "seed"]].drop_duplicates()
+        short = [m for m in models if m not in counts.index.get_level_values("model")
+                 or (counts.loc[m] != len(expected)).any()]
+        if short:
+            raise ValueError(f"{reward_model}: models {short} lack scores for some (prompt, seed): "
                              "every model must be scored on the same images")
-        groups = table.index.get_level_values("prompt").to_numpy()
+        prompts = np.array(sorted(expected.prompt.unique()))
+        means, cubes = {}, {}
+        for m in models:
+            means[m], cubes[m] = _per_prompt(frame, m, prompts)
         per_model = {}
         for m in models:
-            s = table[m].to_numpy()
-            per_model[m] = {"mean": float(s.mean()), "median": float(np.median(s)),
+            s = cubes[m].ravel()
+            per_model[m] = {"mean": float(s.mean()), "median": float(np.median(s)), "runs": int(cubes[m].shape[0]),
                             "standard_error": float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else 0.0}
         comparisons = [(m, reference) for m in models if m != reference and reference in models]
         comparisons += list(itertools.combinations([m for m in models if m != reference], 2))
-        wins = {}
+        gains, wins = {}, {}
         for a, b in comparisons:
-            rate, low, high = win_rate(table[a].to_numpy(), table[b].to_numpy(), groups, samples, confidence, seed)
+            diff = means[a][:, None, :] - means[b][None, :, :]
+            gain, low, high = hierarchical_bootstrap(diff, samples, confidence, seed)
+            gains[f"{a}_vs_{b}"] = {"difference": gain, "ci_low": low, "ci_high": high}
+            ca, cb = cubes[a][:, None], cubes[b][None, :]
+            outcome = np.where(ca > cb, 1.0, np.where(ca < cb, 0.0, 0.5)).mean(axis=3)
+            rate, low, high = hierarchical_bootstrap(outcome, samples, confidence, seed)
             wins[f"{a}_vs_{b}"] = {"win_rate": rate, "ci_low": low, "ci_high": high}
-        report[reward_model] = {"images_per_model": len(table), "prompts": len(set(groups)), "models": per_model,
-                                "win_rates": wins}
+        report[reward_model] = {"images_per_model": int(len(expected)), "prompts": len(prompts), "models": per_model,
+                                "differences": gains, "win_rates": wins}
     return report
 
 
 def markdown_table(report: dict, protocol: dict, reference: str = "base") -> str:
-    """The report as Markdown: one table per reward model (model rows; win rate vs ``reference``
-    with its CI), then the head-to-head win rates between objectives."""
+    """The report as Markdown: one table per reward model (model rows; gain and win rate vs
+    ``reference`` with their intervals), then every two other models head to head."""
+    def interval(v: dict, key: str, fmt: str) -> str:
+        return f"{v[key]:{fmt}} [{v['ci_low']:{fmt}}, {v['ci_high']:{fmt}}]"
+
     lines = ["# Evaluation", "",
-             "Protocol: " + ", ".join(f"{k} {v}" for k, v in protocol.items()), ""]
+             "Protocol: " + ", ".join(f"{k} {v}" for k, v in protocol.items()), "",
+             "Intervals: 95 % bootstrap over prompts and training runs (seeds).", ""]
     for reward_model, r in report.items():
-        lines += [f"## {reward_model} ({r['images_per_model']} images per model, {r['prompts']} prompts)", "",
-                  f"| model | mean | median | s.e. | win rate vs {reference} (95 % CI) |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [f"## {reward_model} ({r['images_per_model']} images per run, {r['prompts']} prompts)", "",
+                  f"| model | runs | mean | median | gain vs {reference} (95 % CI) | win rate vs {reference} (95 % CI) |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for m, s in r["models"].items():
-            w = r["win_rates"].get(f"{m}_vs_{reference}")
-            vs = f"{w['win_rate']:.1%} [{w['ci_low']:.1%}, {w['ci_high']:.1%}]" if w else "—"
-            lines.append(f"| {m} | {s['mean']:.4f} | {s['median']:.4f} | {s['standard_error']:.4f} | {vs} |")
-        head = {k: v for k, v in r["win_rates"].items() if not k.endswith(f"_vs_{reference}")}
+            key = f"{m}_vs_{reference}"
+            gain = interval(r["differences"][key], "difference", "+.4f") if key in r["differences"] else "—"
+            win = interval(r["win_rates"][key], "win_rate", ".1%") if key in r["win_rates"] else "—"
+            lines.append(f"| {m} | {s['runs']} | {s['mean']:.4f} | {s['median']:.4f} | {gain} | {win} |")
+        head = [k for k in r["win_rates"] if not k.endswith(f"_vs_{reference}")]
         if head:
-            lines += ["", "| head to head | win rate (95 % CI) |", "|---|---:|"]
-            lines += [f"| {k.replace('_vs_', ' vs ')} | {v['win_rate']:.1%} [{v['ci_low']:.1%}, {v['ci_high']:.1%}] |"
-                      for k, v in head.items()]
+            lines += ["", "| head to head | difference in mean (95 % CI) | win rate (95 % CI) |", "|---|---:|---:|"]
+            lines += [f"| {k.replace('_vs_', ' vs ')} | {interval(r['differences'][k], 'difference', '+.4f')} | "
+                      f"{interval(r['win_rates'][k], 'win_rate', '.1%')} |" for k in head]
         lines.append("")
     return "\n".join(lines)
 

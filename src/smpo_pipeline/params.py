@@ -65,6 +65,23 @@ class UNetTrainingParams(_Section):
     offset_noise: float = Field(0.1, ge=0)
     renders_per_prompt: PositiveInt = 8
     min_snr_gamma: PositiveFloat | None = 5.0
+    cosine_decay: bool = False  # anneal the LR to 0 after warm-up (the raw weights settle where the EMA is)
+    curve_every: int = Field(0, ge=0, description="measure the EMA on validation prompts every N steps; 0: never")
+
+
+class CaptionNoiseParams(_Section):
+    """Web-like caption mistakes of the base model's pretraining corpus (``world.captions``): the
+    probability of each kind, drawn independently per training image."""
+
+    seed: int = 0
+    swap_colors: float = Field(0.0, ge=0, le=1)
+    position: float = Field(0.0, ge=0, le=1)
+    color: float = Field(0.0, ge=0, le=1)
+    shape: float = Field(0.0, ge=0, le=1)
+    size: float = Field(0.0, ge=0, le=1)
+
+    def rates(self) -> dict[str, float]:
+        return self.model_dump(exclude={"seed"})
 
 
 class SamplingParams(_Section):
@@ -78,18 +95,28 @@ class BaseModelParams(_Section):
     size: ModelSizeParams = ModelSizeParams()
     vae: VAETrainingParams = VAETrainingParams()
     unet: UNetTrainingParams = UNetTrainingParams()
+    captions: CaptionNoiseParams = CaptionNoiseParams()
     evaluation: SamplingParams = SamplingParams()
     evaluation_seeds_per_prompt: PositiveInt = 2
 
 
 class PairsParams(_Section):
     seed: int = 0
-    pairs_per_prompt: PositiveInt = 1
+    candidates_per_prompt: int = Field(2, ge=2)  # images generated per training prompt
+    pairs_per_prompt: PositiveInt = 1  # labelled pairs among them (at most K(K-1)/2)
     guidance_scales: tuple[PositiveFloat, ...] = Field((2.0, 4.0, 7.0), min_length=1)
     steps: PositiveInt = 15
     batch_size: PositiveInt = 64
     rows_per_shard: PositiveInt = 256
     jpeg_quality: int = Field(95, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _enough_candidates(self) -> PairsParams:
+        k = self.candidates_per_prompt
+        if self.pairs_per_prompt > k * (k - 1) // 2:
+            raise ValueError(f"pairs_per_prompt ({self.pairs_per_prompt}) exceeds the {k * (k - 1) // 2} distinct "
+                             f"pairs of candidates_per_prompt={k} images")
+        return self
 
 
 class AnnotatorParams(_Section):
@@ -210,7 +237,8 @@ class TrainParams(_Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16: under DeepSpeed only (loss scaling)
     lora: LoRAParams = LoRAParams()
     dro: DROParams = DROParams()
-    seed: int = 0
+    seeds: tuple[int, ...] = Field((0,), min_length=1)  # one run per seed: replicates for the evaluation's intervals
+    timestep_range: tuple[int, int] = (0, 1000)  # pairs' timesteps drawn uniformly from [low, high)
     deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
     zero_stage: Literal[0, 1, 2, 3] = 2
     num_processes: PositiveInt = 1  # > 1: launched as a subprocess, one rank each (the total world size)
@@ -233,6 +261,11 @@ class TrainParams(_Section):
             raise ValueError("precision fp16 needs DeepSpeed's loss scaling: set deepspeed_config, or use bf16")
         if self.num_processes > 1 and self.deepspeed_config is None:
             raise ValueError("num_processes > 1 needs deepspeed_config (DeepSpeed averages the gradients)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (got {list(self.seeds)})")
+        low, high = self.timestep_range
+        if not 0 <= low < high <= 1000:
+            raise ValueError(f"timestep_range must satisfy 0 <= low < high <= 1000 (got {list(self.timestep_range)})")
         if self.hostfile and self.launcher != "deepspeed":
             raise ValueError("hostfile is read by DeepSpeed's launcher: set launcher: deepspeed")
         return self

@@ -4,5 +4,7 @@ from smpo_pipeline.datasets.diffusers_pipeline import DiffusersPipelineDataset, 
 from smpo_pipeline.datasets.parquet_shards import ParquetShardsDataset
 from smpo_pipeline.datasets.parquet_stream import ParquetStreamDataset
 from smpo_pipeline.datasets.prompt_list import PromptListDataset
+from smpo_pipeline.datasets.unet_replicas import UNetReplicasDataset
 
-__all__ = ["DiffusersPipelineDataset", "NotTrained", "ParquetShardsDataset", "ParquetStreamDataset", "PromptListDataset"]
+__all__ = ["DiffusersPipelineDataset", "NotTrained", "ParquetShardsDataset", "ParquetStreamDataset", "PromptListDataset",
+           "UNetReplicasDataset"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,11 +97,20 @@ def train_unet_and_text_encoders(
     renders_per_prompt: int,
     seed: int,
     min_snr_gamma: float | None = None,
+    captions: Sequence[str] | None = None,
+    cosine_decay: bool = False,
+    on_checkpoint: Callable[[int, object], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> BaseModelResult:
     """Epsilon-prediction training of the UNet and both text encoders, returning EMA weights.
 
     Images are rendered and VAE-encoded once (pitfall 5); each step samples from the stored
     posteriors. Conditioning is ``models.conditioning``'s copy of the pipeline's (pitfalls 2, 3).
+    ``captions`` (one per render: ``len(prompts) * renders_per_prompt``, in the order of
+    ``np.repeat(prompts, renders_per_prompt)``) is what the text encoders read, e.g. web-like
+    captions with mistakes (``world.captions``); by default each render's own prompt.
+    ``cosine_decay`` anneals the learning rate to zero after warm-up, so the raw weights settle
+    where the EMA is (fine-tuning then starts from a converged model, not a noisy average).
     """
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -111,10 +120,13 @@ def train_unet_and_text_encoders(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    captions = np.repeat(np.asarray(prompts, dtype=object), renders_per_prompt)
+    rendered = np.repeat(np.asarray(prompts, dtype=object), renders_per_prompt)
+    captions = rendered if captions is None else np.asarray(captions, dtype=object)
+    if len(captions) != len(rendered):
+        raise ValueError(f"{len(captions)} captions for {len(rendered)} renders ({len(prompts)} prompts × {renders_per_prompt})")
     with torch.no_grad():
         means, stds = [], []
-        for chunk in np.array_split(captions, max(1, len(captions) // 512)):
+        for chunk in np.array_split(rendered, max(1, len(rendered) // 512)):
             dist = vae.encode(render_batch(chunk, resolution, rng)).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
@@ -127,7 +139,14 @@ def train_unet_and_text_encoders(
     trained.train()
     ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(trained.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not cosine_decay:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     add_time_ids = time_ids(resolution, batch_size)
 
     losses, start = [], time.perf_counter()
@@ -161,6 +180,8 @@ def train_unet_and_text_encoders(
         schedule.step()
         ema.update_parameters(trained)
         losses.append(loss.item())
+        if on_checkpoint and checkpoint_every and len(losses) % checkpoint_every == 0:
+            on_checkpoint(len(losses), ema.module.eval())
         if len(losses) % 20 == 0:
             progress.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
 

@@ -73,6 +73,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     lora_rank: int = 0  # 0: full fine-tune
     lora_alpha: float | None = None  # None: = rank
+    timestep_range: tuple[int, int] = (0, 1000)  # pairs' t drawn uniformly from [low, high)
     dro: DROConfig = field(default_factory=DROConfig)
 
     def __post_init__(self) -> None:
@@ -281,7 +282,7 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
         batch = data.batch(rng.choice(len(data), config.batch_size, replace=len(data) < config.batch_size))
         drop = torch.rand(len(batch), generator=generator) < config.caption_dropout
         batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled, drop)
-        timesteps = torch.randint(0, 1000, (len(batch),), generator=generator)
+        timesteps = torch.randint(*config.timestep_range, (len(batch),), generator=generator)
         return preference_loss(trained, reference, batch, timesteps, config.objective, config.beta, config.gamma,
                                config.inversion, alphas_cumprod, generator, scheduler, inversion)
 

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -72,12 +70,16 @@ def train_base_vae(prompts_train: list[str], world: WorldParams, base_model: Bas
     return result.vae, metrics
 
 
-def train_base_model(vae, tokenizer, prompts_train: list[str], world: WorldParams, base_model: BaseModelParams):
-    """UNet + both text encoders trained from scratch, assembled into a stock SDXL pipeline."""
+def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validation: list[str], world: WorldParams,
+                     base_model: BaseModelParams):
+    """UNet + both text encoders trained from scratch on renders of the training prompts under
+    web-like captions (``base_model.captions``), assembled into a stock SDXL pipeline. With
+    ``unet.curve_every`` the EMA is measured on validation prompts along the way."""
     import torch
 
     from smpo_pipeline.models.base_training import train_unet_and_text_encoders
     from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, build_text_encoders, build_unet, count_parameters
+    from smpo_pipeline.world.captions import web_captions
 
     w, b = world, base_model
     spec = _spec(w, b)
@@ -85,20 +87,43 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], world: WorldParam
     unet = build_unet(spec)
     text_encoders = build_text_encoders(spec, tokenizer)
     u = b.unet
+    rendered = [p for p in prompts_train for _ in range(u.renders_per_prompt)]
+    captions, mistakes = web_captions(rendered, b.captions.rates(), b.captions.seed)
+    curve = []
+
+    def measure(step: int, ema) -> None:
+        pipe = assemble_pipeline(vae, ema["te1"], ema["te2"], tokenizer, ema["unet"])
+        curve.append({"step": step} | _accuracy_of(pipe, prompts_validation[:48], w, b))
+        log.info("base model at step %d on 48 validation prompts: %s", step, curve[-1])
+
     result = train_unet_and_text_encoders(
         vae, unet, text_encoders, tokenizer, prompts_train, w.resolution,
         steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate,
         warmup_steps=u.warmup_steps, grad_clip=u.grad_clip, ema_decay=u.ema_decay,
         caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
         renders_per_prompt=u.renders_per_prompt, seed=b.seed, min_snr_gamma=u.min_snr_gamma,
+        captions=captions, cosine_decay=u.cosine_decay, on_checkpoint=measure, checkpoint_every=u.curve_every,
     )
     pipe = assemble_pipeline(vae, *result.text_encoders, tokenizer, result.unet)
     metrics = result.metrics | {
         "unet_parameters": count_parameters(result.unet),
         "text_encoder_parameters": sum(count_parameters(t) for t in result.text_encoders),
+        "caption_mistake_shares": mistakes,
+        "validation_curve": curve,
     }
-    log.info("UNet: %s", metrics)
+    log.info("UNet: %s", {k: v for k, v in metrics.items() if k != "validation_curve"})
     return pipe, metrics
+
+
+def _accuracy_of(pipe, prompts: list[str], world: WorldParams, base_model: BaseModelParams) -> dict:
+    """``attribute_accuracy`` of ``pipe``'s images of ``prompts`` (seeds 0, 1, … per image)."""
+    from smpo_pipeline.models.sampling import SamplingProtocol, generate
+
+    e = base_model.evaluation
+    prompts = [p for p in prompts for _ in range(base_model.evaluation_seeds_per_prompt)]
+    protocol = SamplingProtocol(e.steps, e.guidance_scale, world.resolution)
+    images = generate(pipe, prompts, list(range(len(prompts))), protocol, e.batch_size, progress=False)
+    return attribute_accuracy(images, prompts)
 
 
 def attribute_accuracy(images, prompts: list[str]) -> dict[str, Any]:
@@ -141,9 +166,10 @@ def measure_base_model(base_model_pipeline, prompts_test: list[str], world: Worl
     return report
 
 
-def sample_candidate_pairs(base_model_pipeline, prompts_train: list[str], world: WorldParams, pairs: PairsParams):
-    """Two base-model images per training prompt, with different seeds and guidance scales, so
-    that the two images of a pair differ the way two Pick-a-Pic generations do."""
+def sample_candidates(base_model_pipeline, prompts_train: list[str], world: WorldParams, pairs: PairsParams):
+    """``pairs.candidates_per_prompt`` base-model images per training prompt, each with its own seed
+    and a guidance scale drawn from ``pairs.guidance_scales`` (the "generators" of the
+    ``model_0``/``model_1`` columns), as JPEG bytes."""
     import pandas as pd
 
     from smpo_pipeline.models.sampling import SamplingProtocol, generate
@@ -151,40 +177,38 @@ def sample_candidate_pairs(base_model_pipeline, prompts_train: list[str], world:
 
     w, p = world, pairs
     rng = np.random.default_rng(p.seed)
-    captions = [c for c in prompts_train for _ in range(p.pairs_per_prompt)]
-    n = len(captions)
-    seeds = rng.choice(2**31 - 1, size=2 * n, replace=False).reshape(n, 2)
-    guidance = rng.choice(np.asarray(p.guidance_scales, dtype=float), size=(n, 2))
+    k = p.candidates_per_prompt
+    frame = pd.DataFrame({
+        "prompt_index": np.repeat(np.arange(len(prompts_train)), k),
+        "candidate": np.tile(np.arange(k), len(prompts_train)),
+        "caption": np.repeat(np.asarray(prompts_train, dtype=object), k),
+        "seed": rng.choice(2**31 - 1, size=k * len(prompts_train), replace=False),
+        "guidance": rng.choice(np.asarray(p.guidance_scales, dtype=float), size=k * len(prompts_train)),
+    })
     # Generation is grouped by guidance scale (the pipeline takes one per call); each image still
     # depends only on its own seed.
-    images: dict[tuple[int, int], bytes] = {}
-    for g in sorted(set(guidance.ravel())):
-        slots = [(i, j) for i in range(n) for j in range(2) if guidance[i, j] == g]
+    jpegs = pd.Series(index=frame.index, dtype=object)
+    for g, group in frame.groupby("guidance"):
         protocol = SamplingProtocol(p.steps, float(g), w.resolution)
-        generated = generate(base_model_pipeline, [captions[i] for i, _ in slots],
-                             [int(seeds[i, j]) for i, j in slots], protocol, p.batch_size,
-                             desc=f"pairs at guidance {g:g}")
-        images.update({slot: jpeg_bytes(img, p.jpeg_quality) for slot, img in zip(slots, generated, strict=True)})
-    return pd.DataFrame({
-        "caption": captions,
-        "jpg_0": [images[i, 0] for i in range(n)],
-        "jpg_1": [images[i, 1] for i in range(n)],
-        "seed_0": seeds[:, 0], "seed_1": seeds[:, 1],
-        "guidance_0": guidance[:, 0], "guidance_1": guidance[:, 1],
-    })
+        images = generate(base_model_pipeline, list(group.caption), [int(s) for s in group.seed], protocol,
+                          p.batch_size, desc=f"candidates at guidance {g:g}")
+        jpegs[group.index] = [jpeg_bytes(image, p.jpeg_quality) for image in images]
+    return frame.assign(jpg=jpegs)
 
 
-def label_pairs_with_annotators(candidate_pairs, annotators: AnnotatorParams, pairs: PairsParams):
-    """Each pair is judged by one annotator drawn from the population (on the stored JPEGs, as a
-    person would see them) and written as Pick-a-Pic v2 shards. Also returns how often the
-    annotators disagree with the oracle and how often they declare a tie."""
+def label_pairs_with_annotators(candidates, annotators: AnnotatorParams, pairs: PairsParams):
+    """``pairs.pairs_per_prompt`` pairs of each prompt's candidates, each judged by one annotator
+    drawn from the population (on the stored JPEGs, as a person would see them), written as
+    Pick-a-Pic v2 shards. Also returns how often the annotators disagree with the oracle and how
+    often they declare a tie."""
     import io
 
     from PIL import Image
 
     from smpo_pipeline.pickapic import to_table
-    from smpo_pipeline.world.annotators import TIE, AnnotatorPopulation
-    from smpo_pipeline.world.oracle import combine_scores, read_image, score_reading
+    from smpo_pipeline.world.annotators import AnnotatorPopulation
+    from smpo_pipeline.world.labelling import candidate_pairs, label_pairs
+    from smpo_pipeline.world.oracle import read_image
 
     a, p = annotators, pairs
     population = AnnotatorPopulation(
@@ -192,54 +216,18 @@ def label_pairs_with_annotators(candidate_pairs, annotators: AnnotatorParams, pa
         taste_scale=a.taste_scale, rationality_median=a.rationality_median,
         max_tie_margin=a.max_tie_margin, zipf_exponent=a.zipf_exponent,
     )
+    by_prompt = [group.sort_values("candidate") for _, group in candidates.groupby("prompt_index", sort=True)]
+    captions = [group.caption.iloc[0] for group in by_prompt]
+    images = [list(group.jpg) for group in by_prompt]
+    readings = [[read_image(Image.open(io.BytesIO(b)).convert("RGB")) for b in row] for row in images]
+    generators = [[f"tiny-sdxl-base@cfg{g:g}" for g in group.guidance] for group in by_prompt]
     rng = np.random.default_rng(a.seed)
-    uid = uuid.UUID(int=a.seed)
-    counts = candidate_pairs["caption"].value_counts()
-    start = datetime(2023, 4, 1)
-    rows: dict[str, list] = {name: [] for name in (
-        "are_different", "best_image_uid", "caption", "created_at", "has_label", "image_0_uid",
-        "image_0_url", "image_1_uid", "image_1_url", "jpg_0", "jpg_1", "label_0", "label_1",
-        "model_0", "model_1", "ranking_id", "user_id", "num_example_per_prompt", "__index_level_0__")}
-    ties = disagreements = decided = 0
-    for i, pair in enumerate(candidate_pairs.itertuples(index=False)):
-        readings = [read_image(Image.open(io.BytesIO(b)).convert("RGB")) for b in (pair.jpg_0, pair.jpg_1)]
-        annotator = population.draw(rng)
-        label = annotator.choose(readings[0], readings[1], pair.caption, rng)
-        oracle = [combine_scores(score_reading(r, pair.caption)) for r in readings]
-        uids = [str(uuid.uuid5(uid, f"{i}-{k}")) for k in (0, 1)]
-        if label == TIE:
-            ties += 1
-        elif oracle[0] != oracle[1]:
-            decided += 1
-            disagreements += (label[0] > label[1]) != (oracle[0] > oracle[1])
-        row = {
-            "are_different": pair.jpg_0 != pair.jpg_1,
-            "best_image_uid": "" if label == TIE else uids[0 if label[0] > label[1] else 1],
-            "caption": pair.caption,
-            "created_at": start + timedelta(seconds=37 * i),
-            "has_label": True,
-            "image_0_uid": uids[0], "image_1_uid": uids[1],
-            "image_0_url": f"embedded://shapes/{uids[0]}.jpg", "image_1_url": f"embedded://shapes/{uids[1]}.jpg",
-            "jpg_0": pair.jpg_0, "jpg_1": pair.jpg_1,
-            "label_0": label[0], "label_1": label[1],
-            "model_0": f"tiny-sdxl-base@cfg{pair.guidance_0:g}", "model_1": f"tiny-sdxl-base@cfg{pair.guidance_1:g}",
-            "ranking_id": i, "user_id": annotator.user_id,
-            "num_example_per_prompt": int(counts[pair.caption]),
-            "__index_level_0__": i,
-        }
-        for key, value in row.items():
-            rows[key].append(value)
-    n = len(candidate_pairs)
+    chosen = candidate_pairs(len(by_prompt), p.candidates_per_prompt, p.pairs_per_prompt, rng)
+    rows, summary = label_pairs(captions, readings, images, generators, chosen, population, rng, namespace=a.seed)
+    n = len(chosen)
     shards = [to_table({k: v[s : s + p.rows_per_shard] for k, v in rows.items()})
               for s in range(0, n, p.rows_per_shard)]
-    summary = {
-        "pairs": n,
-        "shards": len(shards),
-        "annotators": len(set(rows["user_id"])),
-        "tie_share": round(ties / n, 4),
-        "disagreement_with_oracle": round(disagreements / max(decided, 1), 4),
-        "non_tie_pairs_compared": decided,
-    }
+    summary = summary.as_dict() | {"shards": len(shards), "images": len(candidates)}
     log.info("Annotations: %s", summary)
     return shards, summary
 
@@ -250,11 +238,17 @@ def write_bootstrap_report(vae_metrics: dict, unet_metrics: dict, base_model_acc
     report = {"vae": vae_metrics, "unet": unet_metrics, "test_prompts": base_model_accuracy,
               "annotations": annotation_summary}
     acc = base_model_accuracy["base_model"]["accuracy"]
+    shares = unet_metrics.get("caption_mistake_shares", {})
+    cause = {"background": "swap_colors", "color": "swap_colors + color", "position": "position", "size": "size",
+             "shape": "shape"}
     lines = [
         "Base model on the test prompts (20 steps): "
         + ", ".join(f"{a} {acc[a]:.0%}" for a in ATTRIBUTES)
         + f"; mean shapes-oracle reward {base_model_accuracy['base_model']['mean_oracle_reward']:.3f}"
         + f" (ideal renders {base_model_accuracy['ideal_renders']['mean_oracle_reward']:.3f})",
+        "Captions it was pretrained on, share with each mistake: "
+        + ", ".join(f"{kind} {share:.0%}" for kind, share in shares.items())
+        + " (" + ", ".join(f"{a} ← {c}" for a, c in cause.items()) + ")",
         f"Annotators: ties {annotation_summary['tie_share']:.1%} of pairs, disagree with the oracle on "
         f"{annotation_summary['disagreement_with_oracle']:.1%} of the non-tie pairs",
     ]

@@ -1,12 +1,12 @@
 """build prompt sets → train tokenizer → train VAE → train base model → measure it →
-sample candidate pairs → label them with annotators → report."""
+sample candidate images → label pairs of them with annotators → report."""
 
 from kedro.pipeline import Node, Pipeline
 
 from smpo_pipeline.pipelines.bootstrap.nodes import (
     label_pairs_with_annotators,
     measure_base_model,
-    sample_candidate_pairs,
+    sample_candidates,
     split_prompt_sets,
     train_base_model,
     train_base_vae,
@@ -24,13 +24,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(train_base_vae, ["prompts_train", "params:world", "params:base_model"],
                  ["base_vae", "base_vae_metrics"], name="train_base_vae"),
             Node(train_base_model,
-                 ["base_vae", "tokenizer", "prompts_train", "params:world", "params:base_model"],
+                 ["base_vae", "tokenizer", "prompts_train", "prompts_validation", "params:world", "params:base_model"],
                  ["base_model", "base_unet_metrics"], name="train_base_model"),
             Node(measure_base_model, ["base_model", "prompts_test", "params:world", "params:base_model"],
                  "base_model_accuracy", name="measure_base_model"),
-            Node(sample_candidate_pairs, ["base_model", "prompts_train", "params:world", "params:pairs"],
-                 "candidate_pairs", name="sample_candidate_pairs"),
-            Node(label_pairs_with_annotators, ["candidate_pairs", "params:annotators", "params:pairs"],
+            Node(sample_candidates, ["base_model", "prompts_train", "params:world", "params:pairs"],
+                 "candidate_images", name="sample_candidates"),
+            Node(label_pairs_with_annotators, ["candidate_images", "params:annotators", "params:pairs"],
                  ["pickapic_raw", "annotation_summary"], name="label_pairs_with_annotators"),
             Node(write_bootstrap_report,
                  ["base_vae_metrics", "base_unet_metrics", "base_model_accuracy", "annotation_summary"],

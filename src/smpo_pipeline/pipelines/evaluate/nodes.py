@@ -12,7 +12,7 @@ from smpo_pipeline.params import EvaluationParams
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["model", "model_fingerprint", "prompt_index", "prompt", "seed", "path"]
+INDEX_COLUMNS = ["model", "replica", "model_fingerprint", "prompt_index", "prompt", "seed", "path"]
 
 
 def _prompts_and_seeds(prompts: list[str], evaluation: EvaluationParams) -> tuple[list[int], list[str], list[int]]:
@@ -30,10 +30,11 @@ def _protocol(pipe, evaluation: EvaluationParams):
     return SamplingProtocol(p.steps, p.guidance_scale, resolution, p.scheduler)
 
 
-def generate_images(name: str, model, prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
-    """Images of ``model`` for every (prompt, seed), reused from earlier runs when the model, prompt,
-    seed and protocol are the same; an index of them (empty when ``name`` is not evaluated, or was
-    not trained)."""
+def generate_images(name: str, model, replicas: dict, prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
+    """Images of ``model`` and of each of its replicas (the same pipeline with another training
+    seed's UNet) for every (prompt, seed), reused from earlier runs when the weights, prompt, seed
+    and protocol are the same; an index of them (empty when ``name`` is not evaluated, or was not
+    trained)."""
     from smpo_pipeline.datasets import NotTrained
     from smpo_pipeline.models.sampling import generate_cached, model_fingerprint
 
@@ -43,27 +44,70 @@ def generate_images(name: str, model, prompts: list[str], evaluation: Evaluation
         log.warning("evaluation.models lists %s, but it was not trained (%s): it is left out", name, model.reason)
         return pd.DataFrame(columns=INDEX_COLUMNS)
     indices, prompt_list, seeds = _prompts_and_seeds(prompts, evaluation)
-    fingerprint = model_fingerprint(model)
-    paths = generate_cached(model, fingerprint, prompt_list, seeds, _protocol(model, evaluation),
-                            Path(evaluation.image_root), evaluation.batch_size, desc=f"evaluating {name}")
-    return pd.DataFrame({"model": name, "model_fingerprint": fingerprint, "prompt_index": indices,
-                         "prompt": prompt_list, "seed": seeds, "path": [str(p) for p in paths]})
+    runs = [model] + [type(model)(**{**model.components, "unet": unet}) for _, unet in sorted(replicas.items())]
+    frames = []
+    for replica, pipe in enumerate(runs):
+        fingerprint = model_fingerprint(pipe)
+        paths = generate_cached(pipe, fingerprint, prompt_list, seeds, _protocol(pipe, evaluation),
+                                Path(evaluation.image_root), evaluation.batch_size,
+                                desc=f"evaluating {name}" + (f" (run {replica + 1} of {len(runs)})" if len(runs) > 1 else ""))
+        frames.append(pd.DataFrame({"model": name, "replica": replica, "model_fingerprint": fingerprint,
+                                    "prompt_index": indices, "prompt": prompt_list, "seed": seeds,
+                                    "path": [str(p) for p in paths]}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def generate_base_images(base_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
-    return generate_images("base", base_model, evaluation_prompts, evaluation)
+    return generate_images("base", base_model, {}, evaluation_prompts, evaluation)
 
 
-def generate_dpo_images(dpo_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
-    return generate_images("dpo", dpo_model, evaluation_prompts, evaluation)
+def generate_dpo_images(dpo_model, dpo_replicas: dict, evaluation_prompts: list[str],
+                        evaluation: EvaluationParams) -> pd.DataFrame:
+    return generate_images("dpo", dpo_model, dpo_replicas, evaluation_prompts, evaluation)
 
 
-def generate_smpo_images(smpo_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
-    return generate_images("smpo", smpo_model, evaluation_prompts, evaluation)
+def generate_smpo_images(smpo_model, smpo_replicas: dict, evaluation_prompts: list[str],
+                         evaluation: EvaluationParams) -> pd.DataFrame:
+    return generate_images("smpo", smpo_model, smpo_replicas, evaluation_prompts, evaluation)
 
 
-def generate_dro_images(dro_model, evaluation_prompts: list[str], evaluation: EvaluationParams) -> pd.DataFrame:
-    return generate_images("dro", dro_model, evaluation_prompts, evaluation)
+def generate_dro_images(dro_model, dro_replicas: dict, evaluation_prompts: list[str],
+                        evaluation: EvaluationParams) -> pd.DataFrame:
+    return generate_images("dro", dro_model, dro_replicas, evaluation_prompts, evaluation)
+
+
+def measure_attributes(base_images: pd.DataFrame, dpo_images: pd.DataFrame, smpo_images: pd.DataFrame,
+                       dro_images: pd.DataFrame, evaluation: EvaluationParams) -> dict:
+    """What each model changed: the share of its images whose shapes-oracle reading matches the
+    prompt, per attribute (background, colour, position, size, shape), over all its runs. Only for
+    prompts of the embedded world's grammar; other prompt sets return an empty report."""
+    from PIL import Image
+
+    from smpo_pipeline.world.grammar import parse_prompt
+    from smpo_pipeline.world.oracle import ATTRIBUTES, read_image
+
+    images = pd.concat([f for f in (base_images, dpo_images, smpo_images, dro_images) if len(f)], ignore_index=True)
+    try:
+        compositions = {p: parse_prompt(p) for p in images.prompt.unique()}
+    except ValueError:
+        log.info("the evaluation prompts are not shapes-world prompts: no attribute accuracies")
+        return {}
+    report = {}
+    for model, frame in images.groupby("model", sort=False):
+        hits = dict.fromkeys(ATTRIBUTES, 0)
+        for path, prompt in zip(frame.path, frame.prompt, strict=True):
+            with Image.open(path) as image:
+                detected = read_image(image.convert("RGB")).detected
+            for attribute in ATTRIBUTES:
+                hits[attribute] += detected[attribute] == getattr(compositions[prompt], attribute)
+        report[model] = {"images": len(frame), "runs": int(frame.replica.nunique()),
+                         "accuracy": {a: round(h / len(frame), 4) for a, h in hits.items()}}
+    models = [m for m in evaluation.models if m in report]
+    print("Attribute accuracy (share of images that show what the prompt says):")  # noqa: T201
+    print(f"{'':>6} " + " ".join(f"{a:>10}" for a in ATTRIBUTES))  # noqa: T201
+    for m in models:
+        print(f"{m:>6} " + " ".join(f"{report[m]['accuracy'][a]:>10.1%}" for a in ATTRIBUTES))  # noqa: T201
+    return {m: report[m] for m in models}
 
 
 def score_images(base_images: pd.DataFrame, dpo_images: pd.DataFrame, smpo_images: pd.DataFrame,
@@ -131,13 +175,14 @@ def plot_reward_distributions(evaluation_scores: pd.DataFrame, evaluation: Evalu
 
 def draw_image_grid(base_images: pd.DataFrame, dpo_images: pd.DataFrame, smpo_images: pd.DataFrame,
                     dro_images: pd.DataFrame, evaluation: EvaluationParams):
-    """Rows = prompts (spread over the set), columns = models, one seed across a row."""
+    """Rows = prompts (spread over the set), columns = models (each one's first training run), one
+    image seed across a row."""
     import numpy as np
     from PIL import Image
 
     from smpo_pipeline.evaluation import image_grid
 
-    frames = {f.model.iloc[0]: f for f in (base_images, dpo_images, smpo_images, dro_images) if len(f)}
+    frames = {f.model.iloc[0]: f[f.replica == 0] for f in (base_images, dpo_images, smpo_images, dro_images) if len(f)}
     models = [m for m in evaluation.models if m in frames]
     first = frames[models[0]]
     seed = evaluation.seed + min(evaluation.grid.seed_index, evaluation.seeds_per_prompt - 1)

@@ -1,5 +1,6 @@
 """generate images of every model (same prompts and seeds) → score them with every reward model →
-summarise with win rates and CIs, plot the reward distributions, draw the image grid."""
+measure per-attribute accuracies → summarise with gains and win rates (intervals over prompts and
+training seeds), plot the reward distributions, draw the image grid."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -9,6 +10,7 @@ from smpo_pipeline.pipelines.evaluate.nodes import (
     generate_dpo_images,
     generate_dro_images,
     generate_smpo_images,
+    measure_attributes,
     plot_reward_distributions,
     score_images,
     summarize_evaluation,
@@ -23,8 +25,11 @@ def create_pipeline(**kwargs) -> Pipeline:
     image_sets = [f"{m}_evaluation_images" for m in MODELS]
     return Pipeline(
         [
-            *[Node(generators[m], [f"{m}_model", "evaluation_prompts", "params:evaluation"], f"{m}_evaluation_images",
-                   name=f"generate_{m}_images") for m in MODELS],
+            *[Node(generators[m], [f"{m}_model", *([f"{m}_replicas"] if m != "base" else []), "evaluation_prompts",
+                                   "params:evaluation"], f"{m}_evaluation_images", name=f"generate_{m}_images")
+              for m in MODELS],
+            Node(measure_attributes, [*image_sets, "params:evaluation"], "evaluation_attributes",
+                 name="measure_attributes"),
             Node(score_images, [*image_sets, "params:evaluation"], "evaluation_scores", name="score_images"),
             Node(summarize_evaluation, ["evaluation_scores", "params:evaluation"],
                  ["evaluation_report", "evaluation_table"], name="summarize_evaluation"),

@@ -25,7 +25,8 @@ def _check_cache(cache_report: dict, prints, inversion) -> None:
                          f"base model and cache.inversion {wanted}: rebuild it with `kedro run --pipeline cache`")
 
 
-def _train_config(objective: str, train: TrainParams, noise: str):
+def _train_config(objective: str, train: TrainParams, noise: str, seed: int | None = None):
+    """The trainer's config for one (objective, seed), built from the parameters by name."""
     from smpo_pipeline.training.replay import SamplerConfig
     from smpo_pipeline.training.trainer import DROConfig, TrainConfig
 
@@ -35,34 +36,53 @@ def _train_config(objective: str, train: TrainParams, noise: str):
         ds["zero_optimization"] = ds.get("zero_optimization", {}) | {"stage": train.zero_stage}
     d = train.dro
     return TrainConfig(
-        objective, train.beta.get(objective, 0.0), train.gamma, noise, train.steps, train.batch_size,
-        train.lr_for(objective), train.warmup_steps, train.grad_clip, train.caption_dropout, train.seed, ds,
+        objective=objective, beta=train.beta.get(objective, 0.0), gamma=train.gamma, inversion=noise,
+        steps=train.steps, batch_size=train.batch_size, learning_rate=train.lr_for(objective),
+        warmup_steps=train.warmup_steps, grad_clip=train.grad_clip, caption_dropout=train.caption_dropout,
+        seed=train.seeds[0] if seed is None else seed, deepspeed=ds,
         gradient_accumulation=train.gradient_accumulation, optimizer=train.optimizer, weight_decay=train.weight_decay,
         lr_schedule=train.lr_schedule, gradient_checkpointing=train.gradient_checkpointing, precision=train.precision,
-        lora_rank=train.lora.rank, lora_alpha=train.lora.alpha,
-        dro=DROConfig(d.margin, d.refresh_every, d.buffer_size, SamplerConfig(d.sampler_steps, d.sampler_guidance, d.jitter)),
+        lora_rank=train.lora.rank, lora_alpha=train.lora.alpha, timestep_range=tuple(train.timestep_range),
+        dro=DROConfig(margin=d.margin, refresh_every=d.refresh_every, buffer_size=d.buffer_size,
+                      sampler=SamplerConfig(steps=d.sampler_steps, guidance_scale=d.sampler_guidance, jitter=d.jitter)),
     )
 
 
 def train_objective(objective: str, preference_pairs, base_model, cache_report: dict, train: TrainParams,
                     cache: CacheParams):
-    """Fine-tune the base model's UNet with ``objective`` on the train split, reading latents,
-    embeddings and (SmPO, cached) trajectories from the cache. Returns the full SDXL pipeline with
-    the trained UNet (LoRA merged), and a summary of the run; per-step metrics go to dvclive under
-    ``reports/training/<objective>/``. An objective that ``train.objectives`` leaves out returns a
-    ``NotTrained`` marker in place of a model."""
-    from diffusers import DDPMScheduler
-    from dvclive import Live
-
+    """Fine-tune the base model's UNet with ``objective`` on the train split, once per seed of
+    ``train.seeds``, reading latents, embeddings and (SmPO, cached) trajectories from the cache.
+    Returns the full SDXL pipeline trained with the first seed (LoRA merged), the UNets of the other
+    seeds (replicas, for the evaluation's intervals), and a summary of the runs; per-step metrics go
+    to dvclive under ``reports/training/<objective>/`` (``seed-<k>/`` for the other seeds). An
+    objective that ``train.objectives`` leaves out returns a ``NotTrained`` marker and no replicas."""
     from smpo_pipeline.datasets import NotTrained
-    from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
     if objective not in train.objectives:
         log.info("train.objectives leaves out %s: it is not trained in this run", objective)
-        return NotTrained(objective, "left out of train.objectives"), {"objective": objective, "trained": False}
+        return NotTrained(objective, "left out of train.objectives"), {}, {"objective": objective, "trained": False}
+    runs = {seed: _train_seed(objective, seed, preference_pairs, base_model, cache_report, train, cache)
+            for seed in train.seeds}
+    first = train.seeds[0]
+    trained = type(base_model)(**{**base_model.components, "unet": runs[first][0]})
+    replicas = {seed: unet for seed, (unet, _) in runs.items() if seed != first}
+    summary = runs[first][1] | {"seeds": list(train.seeds),
+                                "per_seed": {str(seed): run_summary for seed, (_, run_summary) in runs.items()}}
+    return trained, replicas, summary
+
+
+def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_report: dict, train: TrainParams,
+                cache: CacheParams):
+    """One training run: (trained UNet, summary)."""
+    from diffusers import DDPMScheduler
+    from dvclive import Live
+
+    from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.training.checkpoints import latest
+    from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+
     inv = cache.inversion
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
     noise = train.inversion if objective == "smpo" else "none"
@@ -74,20 +94,19 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     experts = None
     if objective == "dro":
         experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints)
-    config = _train_config(objective, train, noise)
+    config = _train_config(objective, train, noise, seed)
     # Checkpoints of one run live under a hash of everything the run depends on, so a re-run with the
     # same settings resumes (or finds the run finished) and a changed setting starts afresh.
     run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet, train.num_processes,
                                         sorted(pairs.pair_id)], default=str).encode()).hexdigest()[:12]
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
-    from smpo_pipeline.training.checkpoints import latest
-
     resuming = latest(config.checkpoint_dir) is not None  # dvclive then continues its step count
     records = []
     if train.num_processes > 1:
         records, policy = _train_in_processes(objective, base_model, pairs, experts, config, inversion, train, cache)
-    with Live(dir=f"reports/training/{objective}", resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"/seed-{seed}")
+    with Live(dir=live_dir, resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def log_step(record: dict) -> None:
             for name, value in record.items():
                 if name != "step":
@@ -104,17 +123,16 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
 
             policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
                                       DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, experts)
-    trained = type(base_model)(**{**base_model.components, "unet": policy})
     tail = records[-min(20, len(records)):]
-    summary = {"objective": objective, "trained": True, "forward_noise": noise, "pairs": len(pairs),
+    summary = {"objective": objective, "trained": True, "seed": seed, "forward_noise": noise, "pairs": len(pairs),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
                "steps": train.steps, "zero_stage": train.zero_stage if config.deepspeed else None,
                "processes": train.num_processes, "lora_rank": train.lora.rank, "precision": train.precision,
                "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5) if tail else None,
                "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4) if tail else None,
                "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4) if records else None}
-    log.info("Trained %s: %s", objective, summary)
-    return trained, summary
+    log.info("Trained %s (seed %d): %s", objective, seed, summary)
+    return policy, summary
 
 
 def _train_in_processes(objective, base_model, pairs, experts, config, inversion, train: TrainParams, cache: CacheParams):

@@ -10,9 +10,9 @@ def create_pipeline(**kwargs) -> Pipeline:
     inputs = ["preference_pairs", "base_model", "cache_report", "params:train", "params:cache"]
     return Pipeline(
         [
-            Node(train_dpo, inputs, ["dpo_model", "dpo_training_summary"], name="train_dpo"),
-            Node(train_smpo, inputs, ["smpo_model", "smpo_training_summary"], name="train_smpo"),
-            Node(train_dro, inputs, ["dro_model", "dro_training_summary"], name="train_dro"),
+            Node(train_dpo, inputs, ["dpo_model", "dpo_replicas", "dpo_training_summary"], name="train_dpo"),
+            Node(train_smpo, inputs, ["smpo_model", "smpo_replicas", "smpo_training_summary"], name="train_smpo"),
+            Node(train_dro, inputs, ["dro_model", "dro_replicas", "dro_training_summary"], name="train_dro"),
             Node(compare_on_validation_prompts,
                  ["base_model", "dpo_model", "smpo_model", "dro_model", "prompts_validation", "params:train",
                   "params:world"],

@@ -1,0 +1,88 @@
+"""Labelling candidate images the way Pick-a-Pic v2 was collected: a user sees two images of one
+caption and picks one (or declares a tie). Here the users are the simulated annotators.
+
+Pure numpy; the caller turns the rows into Pick-a-Pic shards (``smpo_pipeline.pickapic``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from smpo_pipeline.world.annotators import TIE, AnnotatorPopulation
+from smpo_pipeline.world.oracle import OracleReading, combine_scores, score_reading
+
+
+def candidate_pairs(n_prompts: int, candidates: int, pairs_per_prompt: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """(prompt, candidate a, candidate b) for ``pairs_per_prompt`` distinct pairs of each prompt's
+    ``candidates`` images, drawn at random (all of them when it asks for every pair)."""
+    every = list(itertools.combinations(range(candidates), 2))
+    out = []
+    for i in range(n_prompts):
+        picks = rng.permutation(len(every))[:pairs_per_prompt]
+        out += [(i, *every[k]) for k in sorted(picks)]
+    return out
+
+
+@dataclass
+class LabelSummary:
+    pairs: int = 0
+    ties: int = 0
+    decided: int = 0  # non-tie pairs whose two images the oracle scores differently
+    disagreements: int = 0  # of those, labelled against the oracle's order
+    users: set = field(default_factory=set)
+
+    def as_dict(self) -> dict:
+        return {"pairs": self.pairs, "annotators": len(self.users),
+                "tie_share": round(self.ties / max(self.pairs, 1), 4),
+                "disagreement_with_oracle": round(self.disagreements / max(self.decided, 1), 4),
+                "non_tie_pairs_compared": self.decided}
+
+
+def label_pairs(captions: list[str], readings: list[list[OracleReading]], images: list[list[bytes]],
+                generators: list[list[str]], pairs: list[tuple[int, int, int]], population: AnnotatorPopulation,
+                rng: np.random.Generator, namespace: int = 0) -> tuple[dict[str, list], LabelSummary]:
+    """Pick-a-Pic v2 columns for every (prompt, a, b) in ``pairs``, each judged by one annotator
+    drawn by activity. ``readings[i][k]``, ``images[i][k]`` and ``generators[i][k]`` describe
+    candidate k of caption i; an image keeps one uid in every row it appears in, as on Pick-a-Pic."""
+    ns = uuid.UUID(int=namespace)
+    per_caption: dict[str, int] = {}
+    for i, _, _ in pairs:
+        per_caption[captions[i]] = per_caption.get(captions[i], 0) + 1
+    start = datetime(2023, 4, 1)
+    rows: dict[str, list] = {}
+    summary = LabelSummary()
+    for row_id, (i, a, b) in enumerate(pairs):
+        annotator = population.draw(rng)
+        label = annotator.choose(readings[i][a], readings[i][b], captions[i], rng)
+        oracle = [combine_scores(score_reading(readings[i][k], captions[i])) for k in (a, b)]
+        uids = [str(uuid.uuid5(ns, f"{i}-{k}")) for k in (a, b)]
+        summary.pairs += 1
+        summary.users.add(annotator.user_id)
+        if label == TIE:
+            summary.ties += 1
+        elif oracle[0] != oracle[1]:
+            summary.decided += 1
+            summary.disagreements += (label[0] > label[1]) != (oracle[0] > oracle[1])
+        row = {
+            "are_different": images[i][a] != images[i][b],
+            "best_image_uid": "" if label == TIE else uids[0 if label[0] > label[1] else 1],
+            "caption": captions[i],
+            "created_at": start + timedelta(seconds=37 * row_id),
+            "has_label": True,
+            "image_0_uid": uids[0], "image_1_uid": uids[1],
+            "image_0_url": f"embedded://shapes/{uids[0]}.jpg", "image_1_url": f"embedded://shapes/{uids[1]}.jpg",
+            "jpg_0": images[i][a], "jpg_1": images[i][b],
+            "label_0": label[0], "label_1": label[1],
+            "model_0": generators[i][a], "model_1": generators[i][b],
+            "ranking_id": row_id, "user_id": annotator.user_id,
+            "num_example_per_prompt": per_caption[captions[i]],
+            "__index_level_0__": row_id,
+        }
+        for key, value in row.items():
+            rows.setdefault(key, []).append(value)
+    return rows, summary
