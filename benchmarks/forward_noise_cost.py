@@ -2,7 +2,7 @@
 cached ReNoise trajectory, and SmPO with the trajectory recomputed online by the policy (the
 official code), on the same model and the same batch of pairs.
 
-    .venv/bin/python benchmarks/forward_noise_cost.py [--model data/06_models/base] [--pairs 16] [--steps 6]
+    .venv/bin/python benchmarks/forward_noise_cost.py [--model data/01_raw/base_model] [--pairs 16] [--steps 6]
 
 Prints the three step times and the ratios the cache issue sets as bars: cached ÷ DPO ≤ 1.15 and
 online ÷ cached ≥ 4.
@@ -20,7 +20,7 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="data/06_models/base")
+    parser.add_argument("--model", default="data/01_raw/base_model")
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--num-steps", type=int, default=10, help="K")

@@ -2,7 +2,7 @@
 DDIM inverse grid with ReNoise (R = 0..3), run the DDIM sampler back, and print the reconstruction
 error of the starting latent (relative MSE) and the UNet passes it cost.
 
-    .venv/bin/python benchmarks/inversion_reconstruction.py [--model data/06_models/base] [--images 32]
+    .venv/bin/python benchmarks/inversion_reconstruction.py [--model data/01_raw/base_model] [--images 32]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="data/06_models/base")
+    parser.add_argument("--model", default="data/01_raw/base_model")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()

@@ -130,7 +130,7 @@ def run_one(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="data/06_models/base", help="a diffusers SDXL directory, or 'sdxl'")
+    parser.add_argument("--model", default="data/01_raw/base_model", help="a diffusers SDXL directory, or 'sdxl'")
     parser.add_argument("--pairs", type=int, default=16, help="pairs (DRO: rows) per step")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--num-steps", type=int, default=10, help="K, the inversion grid")

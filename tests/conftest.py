@@ -115,15 +115,15 @@ REDUCED = {
     "world": {"max_train_prompts": 12},
     "base_model": {
         "vae": {"steps": 3, "batch_size": 16},
-        "unet": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "renders_per_prompt": 1},
+        "unet": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "renders_per_prompt": 1, "curve_every": 3},
         "evaluation": {"steps": 2},
         "evaluation_seeds_per_prompt": 1,
     },
-    "pairs": {"steps": 2, "rows_per_shard": 5},
+    "pairs": {"steps": 2, "rows_per_shard": 5, "candidates_per_prompt": 3, "pairs_per_prompt": 2},
 }
 CHAIN = REDUCED | {
     "cache": {"batch_size": 8, "inversion": {"num_steps": 5}},
-    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "inversion": "cached",
+    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "inversion": "cached", "seeds": [0, 1],
               "evaluation": {"steps": 2, "seeds_per_prompt": 1, "max_prompts": 16}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
     "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
                    "grid": {"prompts": 3}},

@@ -40,8 +40,28 @@ def test_summary_has_means_medians_errors_and_win_rates_and_a_markdown_table():
     assert r["images_per_model"] == 20 and r["prompts"] == 10
     assert r["models"]["dpo"]["mean"] == pytest.approx(r["models"]["base"]["mean"] + 0.1)
     assert r["win_rates"]["dpo_vs_base"]["win_rate"] == 1.0 and r["win_rates"]["dpo_vs_smpo"]["win_rate"] == 0.5
+    assert r["differences"]["dpo_vs_base"]["difference"] == pytest.approx(0.1)
     table = markdown_table(report, {"steps": 20})
-    assert "| dpo | 0.4" in table and "100.0% [100.0%, 100.0%]" in table and "dpo vs smpo" in table
+    assert "| dpo | 1 | 0.4" in table and "+0.1000 [+0.1000, +0.1000] | 100.0% [100.0%, 100.0%]" in table
+    assert "dpo vs smpo" in table
+
+
+def test_the_interval_of_a_gain_widens_when_training_seeds_disagree():
+    """Three runs per objective: one whose runs agree, one whose runs differ by ±0.05. The prompts
+    are the same; only the resampling of runs can widen the second interval."""
+    rng = np.random.default_rng(0)
+    prompt_effect = rng.normal(0, 0.05, 40)
+    rows = [{"model": "base", "replica": 0, "prompt": f"p{i}", "seed": s, "reward_model": "o",
+             "score": 0.4 + prompt_effect[i] + 0.01 * s} for i in range(40) for s in (0, 1)]
+    for model, spread in (("steady", 0.0), ("shaky", 0.05)):
+        rows += [{"model": model, "replica": r, "prompt": f"p{i}", "seed": s, "reward_model": "o",
+                  "score": 0.5 + spread * (r - 1) + prompt_effect[i] + 0.01 * s}
+                 for r in range(3) for i in range(40) for s in (0, 1)]
+    gains = summarize(pd.DataFrame(rows), ["base", "steady", "shaky"], samples=500)["o"]["differences"]
+    steady, shaky = gains["steady_vs_base"], gains["shaky_vs_base"]
+    assert steady["difference"] == pytest.approx(0.1) and shaky["difference"] == pytest.approx(0.1)
+    assert steady["ci_high"] - steady["ci_low"] < 1e-9  # every run and prompt gains exactly 0.1
+    assert shaky["ci_high"] - shaky["ci_low"] > 0.05
 
 
 def test_a_model_missing_some_images_is_refused():

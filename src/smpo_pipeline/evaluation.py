@@ -99,7 +99,7 @@ def summarize(scores: pd.DataFrame, models: list[str], reference: str = "base", 
             outcome = np.where(ca > cb, 1.0, np.where(ca < cb, 0.0, 0.5)).mean(axis=3)
             rate, low, high = hierarchical_bootstrap(outcome, samples, confidence, seed)
             wins[f"{a}_vs_{b}"] = {"win_rate": rate, "ci_low": low, "ci_high": high}
-        report[reward_model] = {"images_per_model": int(len(expected)), "prompts": len(prompts), "models": per_model,
+        report[reward_model] = {"images_per_model": len(expected), "prompts": len(prompts), "models": per_model,
                                 "differences": gains, "win_rates": wins}
     return report
 

@@ -129,6 +129,12 @@ class AnnotatorParams(_Section):
     zipf_exponent: float = Field(1.1, ge=0)
 
 
+class RawDataParams(_Section):
+    """Where the bootstrap writes the raw inputs the repository ships (and their manifest)."""
+
+    root: str = "data/01_raw"
+
+
 class DataParams(_Section):
     """Ingestion of Pick-a-Pic v2 shards (``pipelines/data``)."""
 
@@ -193,6 +199,8 @@ class CacheParams(_Section):
 class TrainEvaluationParams(SamplingParams):
     seeds_per_prompt: PositiveInt = 2
     max_prompts: PositiveInt | None = None  # the first N validation prompts (reduced-size runs)
+    every: int = Field(0, ge=0, description="learning curve: validation reward every N steps (0: none)")
+    curve_prompts: PositiveInt = 48  # the first N validation prompts, one image each, for the curve
 
 
 Objective = Literal["dpo", "smpo", "dro"]
@@ -359,6 +367,7 @@ class ProjectParams(_Section):
     base_model: BaseModelParams = BaseModelParams()
     pairs: PairsParams = PairsParams()
     annotators: AnnotatorParams = AnnotatorParams()
+    raw_data: RawDataParams = RawDataParams()
     data: DataParams = DataParams()
     rewards: RewardsParams = RewardsParams()
     cache: CacheParams = CacheParams()

@@ -29,11 +29,13 @@ def test_bootstrap_writes_prompt_sets_as_plain_text(bootstrapped):
 @pytest.mark.slow
 def test_bootstrap_writes_pickapic_v2_shards(bootstrapped):
     shards = sorted((bootstrapped / "data/01_raw/pickapic").glob("*.parquet"))
-    assert len(shards) == 3  # 12 pairs, 5 rows a shard
+    assert len(shards) == 5  # 12 prompts × 2 pairs of their 3 candidates, 5 rows a shard
     table = pq.read_table(shards[0])
     assert table.schema.remove_metadata() == PICKAPIC_V2_SCHEMA
     rows = pq.ParquetDataset([str(s) for s in shards]).read().to_pylist()
-    assert len(rows) == 12
+    assert len(rows) == 24 and all(row["num_example_per_prompt"] == 2 for row in rows)
+    uids = {row[f"image_{k}_uid"] for row in rows for k in (0, 1)}
+    assert 24 < len(uids) <= 36  # 3 candidates a prompt, each with one uid in every row it appears in
     for row in rows:
         assert (row["label_0"], row["label_1"]) in {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
         assert row["jpg_0"][:2] == b"\xff\xd8" and row["jpg_1"][:2] == b"\xff\xd8"  # JPEG SOI
@@ -45,12 +47,36 @@ def test_bootstrap_writes_pickapic_v2_shards(bootstrapped):
 def test_bootstrap_saves_a_loadable_base_model_and_a_report(bootstrapped):
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(bootstrapped / "data/06_models/base")
+    from smpo_pipeline.manifest import manifest_problems
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(bootstrapped / "data/01_raw/base_model")
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the trained VAE's latents
     report = json.loads((bootstrapped / "reports/bootstrap.json").read_text())
     assert set(report["test_prompts"]["base_model"]["accuracy"]) == {"background", "color", "position", "size", "shape"}
     assert report["test_prompts"]["ideal_renders"]["accuracy"]["background"] == 1.0
-    assert report["annotations"]["pairs"] == 12
+    assert report["annotations"]["pairs"] == 24 and report["annotations"]["images"] == 36
+    assert set(report["unet"]["caption_mistake_shares"]) == {"swap_colors", "position", "color", "shape", "size"}
+    assert [point["step"] for point in report["unet"]["validation_curve"]] == [3]
+    manifest = json.loads((bootstrapped / "data/01_raw/MANIFEST.json").read_text())
+    assert "base_model/unet/diffusion_pytorch_model.safetensors" in manifest["files"]
+    assert manifest_problems(bootstrapped / "data/01_raw", manifest["files"]) == []
+
+
+def test_the_manifest_names_an_altered_a_missing_and_an_unlisted_file(bootstrapped, tmp_path):
+    import shutil
+
+    from smpo_pipeline.manifest import manifest_problems
+
+    raw = shutil.copytree(bootstrapped / "data/01_raw", tmp_path / "raw")
+    files = json.loads((raw / "MANIFEST.json").read_text())["files"]
+    (raw / "prompts/test.txt").write_text("changed\n")
+    (raw / "prompts/validation.txt").unlink()
+    (raw / "extra.bin").write_bytes(b"x")
+    problems = manifest_problems(raw, files)
+    assert len(problems) == 3
+    assert problems[0] == "prompts/validation.txt: listed in MANIFEST.json but missing"
+    assert problems[1] == "extra.bin: not listed in MANIFEST.json"
+    assert problems[2].startswith("prompts/test.txt: sha256 ")
 
 
 @pytest.mark.slow

@@ -28,6 +28,12 @@ def test_training_reports_per_step_metrics_and_the_comparison(trained_project):
     for objective, noise in (("dpo", "none"), ("smpo", "cached"), ("dro", "none")):
         summary = json.loads((trained_project / f"reports/training/{objective}.json").read_text())
         assert summary["trained"] and summary["forward_noise"] == noise and summary["zero_stage"] == 2
+        # train.seeds [0, 1]: two runs, the second kept as a replica UNet with other weights.
+        assert summary["seeds"] == [0, 1] and set(summary["per_seed"]) == {"0", "1"}
+        assert summary["per_seed"]["0"]["checkpoints"] != summary["per_seed"]["1"]["checkpoints"]
+        replicas = trained_project / f"data/06_models/{objective}_replicas"
+        assert json.loads((replicas / "replicas.json").read_text()) == {"seeds": [1]}
+        assert (replicas / "seed-1/diffusion_pytorch_model.safetensors").is_file()
         metrics = trained_project / f"reports/training/{objective}/metrics.json"
         assert {"loss", "implicit_accuracy", "grad_norm", "lr", "step_time"} <= set(json.loads(metrics.read_text()))
         assert len((trained_project / f"reports/training/{objective}/plots/metrics/loss.tsv").read_text().splitlines()) == 4
@@ -44,12 +50,18 @@ def test_train_ends_with_the_evaluation_of_every_model_on_shared_seeds(trained_p
     report = json.loads((trained_project / "reports/evaluation.json").read_text())
     oracle = report["rewards"]["shapes-oracle"]
     assert list(oracle["models"]) == ["base", "dpo", "smpo", "dro"] and oracle["images_per_model"] == 8
+    assert [oracle["models"][m]["runs"] for m in oracle["models"]] == [1, 2, 2, 2]  # train.seeds [0, 1]
     assert {"dpo_vs_base", "smpo_vs_base", "dro_vs_base", "dpo_vs_smpo", "smpo_vs_dro"} <= set(oracle["win_rates"])
     assert all(w["ci_low"] <= w["win_rate"] <= w["ci_high"] for w in oracle["win_rates"].values())
+    assert all(d["ci_low"] <= d["difference"] <= d["ci_high"] for d in oracle["differences"].values())
+    attributes = json.loads((trained_project / "reports/evaluation_attributes.json").read_text())
+    assert list(attributes) == ["base", "dpo", "smpo", "dro"] and attributes["dpo"]["images"] == 16
+    assert set(attributes["base"]["accuracy"]) == {"background", "color", "position", "size", "shape"}
     assert "| dro |" in (trained_project / "reports/evaluation.md").read_text()
     index = {m: pd.read_parquet(trained_project / f"data/07_model_output/evaluation/{m}_images.parquet")
              for m in ("base", "dpo", "smpo", "dro")}
-    assert all(index[m][["prompt", "seed"]].equals(index["base"][["prompt", "seed"]]) for m in index)
+    assert all(index[m][index[m].replica == 1][["prompt", "seed"]].reset_index(drop=True)
+               .equals(index["base"][["prompt", "seed"]]) for m in ("dpo", "smpo", "dro"))
     grid = Image.open(trained_project / "reports/figures/evaluation_grid.png")
     assert grid.size == (260 + 4 * 96, 18 + 3 * 96)
     assert (trained_project / "reports/figures/evaluation_rewards.png").stat().st_size > 10_000

@@ -8,6 +8,7 @@ the others. Saved atomically, like the pipeline dataset: a killed save leaves th
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -44,6 +45,8 @@ class UNetReplicasDataset(AbstractDataset):
         tmp.mkdir(parents=True)
         for seed, unet in data.items():
             unet.save_pretrained(tmp / f"seed-{int(seed)}", safe_serialization=True)
+        # Always one file, so that an objective trained with one seed still has an output (DVC).
+        (tmp / "replicas.json").write_text(json.dumps({"seeds": sorted(int(s) for s in data)}) + "\n")
         old = self._path.with_name(self._path.name + ".old")
         if self._path.exists():
             shutil.rmtree(old, ignore_errors=True)

@@ -74,6 +74,7 @@ class TrainConfig:
     lora_rank: int = 0  # 0: full fine-tune
     lora_alpha: float | None = None  # None: = rank
     timestep_range: tuple[int, int] = (0, 1000)  # pairs' t drawn uniformly from [low, high)
+    evaluate_every: int = 0  # call the evaluate hook every N steps and at the end (0: never)
     dro: DROConfig = field(default_factory=DROConfig)
 
     def __post_init__(self) -> None:
@@ -221,6 +222,15 @@ def _deepspeed_config(config: TrainConfig) -> dict:
     return ds
 
 
+def _whole_weights(module, engine):
+    """A context in which ``module``'s parameters are whole (ZeRO-3 partitions them between steps)."""
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(module.parameters()))
+    return contextlib.nullcontext()
+
+
 def _full_state(module, engine) -> dict[str, torch.Tensor]:
     """The module's weights as plain tensors (gathered first when ZeRO-3 partitions them)."""
     if engine is not None and engine.zero_optimization_stage() == 3:
@@ -232,10 +242,13 @@ def _full_state(module, engine) -> dict[str, torch.Tensor]:
 
 
 def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversion: InversionConfig,
-                     alphas_cumprod, log: Callable[[int, dict], None] | None = None, experts: CachedExperts | None = None):
+                     alphas_cumprod, log: Callable[[int, dict], None] | None = None, experts: CachedExperts | None = None,
+                     evaluate: Callable[[torch.nn.Module], dict] | None = None):
     """Fine-tune a copy of ``base_unet`` on ``data`` (DRO: on ``experts``); returns the trained UNet
     as a plain fp32 diffusers module (LoRA merged). ``base_unet`` itself becomes the frozen reference:
-    it is switched to eval, without gradients, and under DeepSpeed's bf16/fp16 cast in place."""
+    it is switched to eval, without gradients, and under DeepSpeed's bf16/fp16 cast in place.
+    ``evaluate(policy)`` (every ``config.evaluate_every`` steps and at the end) returns metrics, e.g.
+    a validation reward, logged with that step's record."""
     rank, world_size = rank_and_world()
     if world_size > 1 and config.deepspeed is None:
         raise ValueError("several processes need DeepSpeed (it averages the gradients): set a deepspeed config")
@@ -315,7 +328,7 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
     bar = tqdm(range(first, config.steps), initial=first, total=config.steps, desc=f"train {config.objective}",
                unit="step", mininterval=2, disable=rank != 0)
     for step in bar:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if config.objective == "dro":
             refill_buffer(step)
         sums = {}  # loss and metrics summed over the micro-batches: the record is their mean
@@ -338,12 +351,18 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
             grad_norm = float(engine.get_global_grad_norm() or 0.0)
         means = {name: (total / config.gradient_accumulation).item() for name, total in sums.items()}
         record = {"loss": means.pop("loss"), "grad_norm": grad_norm, "lr": schedule.get_last_lr()[0],
-                  "step_time": time.perf_counter() - start} | means
+                  "step_time": time.perf_counter() - start, "cpu_time": time.process_time() - cpu_start} | means
+        done = step + 1
+        if evaluate and config.evaluate_every and (done % config.evaluate_every == 0 or done == config.steps):
+            was_training = policy.training
+            policy.eval()
+            with torch.no_grad(), _whole_weights(policy, engine):
+                record |= evaluate(policy)
+            policy.train(was_training)
         if log:
             log(step, record)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['implicit_accuracy']:.2f}")
-        done = step + 1
         if config.checkpoint_dir and (done % config.checkpoint_every == 0 or done == config.steps):
             shared = ({k: v.contiguous() for k, v in sampler_net.state_dict().items()}
                       if sampler_net is not None else None)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from smpo_pipeline.params import AnnotatorParams, BaseModelParams, PairsParams, WorldParams
+from smpo_pipeline.params import AnnotatorParams, BaseModelParams, PairsParams, RawDataParams, WorldParams
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = ("background", "color", "position", "size", "shape")
@@ -230,6 +230,17 @@ def label_pairs_with_annotators(candidates, annotators: AnnotatorParams, pairs: 
     summary = summary.as_dict() | {"shards": len(shards), "images": len(candidates)}
     log.info("Annotations: %s", summary)
     return shards, summary
+
+
+def write_raw_manifest(base_model, pickapic_raw, prompts_train: list[str], prompts_validation: list[str],
+                       prompts_test: list[str], raw_data: RawDataParams) -> dict:
+    """``MANIFEST.json`` of everything the bootstrap wrote under ``raw_data.root`` (the files the
+    repository ships). Its inputs are what it hashes: it runs after they are saved."""
+    from smpo_pipeline.manifest import build_manifest
+
+    files = build_manifest(raw_data.root)
+    log.info("Raw inputs: %d files, %.1f MiB", len(files), sum(f["bytes"] for f in files.values()) / 2**20)
+    return {"root": raw_data.root, "files": files}
 
 
 def write_bootstrap_report(vae_metrics: dict, unet_metrics: dict, base_model_accuracy: dict,

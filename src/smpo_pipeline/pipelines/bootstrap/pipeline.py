@@ -12,6 +12,7 @@ from smpo_pipeline.pipelines.bootstrap.nodes import (
     train_base_vae,
     train_prompt_tokenizer,
     write_bootstrap_report,
+    write_raw_manifest,
 )
 
 
@@ -32,6 +33,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "candidate_images", name="sample_candidates"),
             Node(label_pairs_with_annotators, ["candidate_images", "params:annotators", "params:pairs"],
                  ["pickapic_raw", "annotation_summary"], name="label_pairs_with_annotators"),
+            Node(write_raw_manifest, ["base_model", "pickapic_raw", "prompts_train", "prompts_validation",
+                                      "prompts_test", "params:raw_data"], "raw_manifest", name="write_raw_manifest"),
             Node(write_bootstrap_report,
                  ["base_vae_metrics", "base_unet_metrics", "base_model_accuracy", "annotation_summary"],
                  "bootstrap_report", name="write_bootstrap_report"),

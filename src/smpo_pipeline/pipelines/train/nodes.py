@@ -39,7 +39,7 @@ def _train_config(objective: str, train: TrainParams, noise: str, seed: int | No
         objective=objective, beta=train.beta.get(objective, 0.0), gamma=train.gamma, inversion=noise,
         steps=train.steps, batch_size=train.batch_size, learning_rate=train.lr_for(objective),
         warmup_steps=train.warmup_steps, grad_clip=train.grad_clip, caption_dropout=train.caption_dropout,
-        seed=train.seeds[0] if seed is None else seed, deepspeed=ds,
+        seed=train.seeds[0] if seed is None else seed, deepspeed=ds, evaluate_every=train.evaluation.every,
         gradient_accumulation=train.gradient_accumulation, optimizer=train.optimizer, weight_decay=train.weight_decay,
         lr_schedule=train.lr_schedule, gradient_checkpointing=train.gradient_checkpointing, precision=train.precision,
         lora_rank=train.lora.rank, lora_alpha=train.lora.alpha, timestep_range=tuple(train.timestep_range),
@@ -48,8 +48,8 @@ def _train_config(objective: str, train: TrainParams, noise: str, seed: int | No
     )
 
 
-def train_objective(objective: str, preference_pairs, base_model, cache_report: dict, train: TrainParams,
-                    cache: CacheParams):
+def train_objective(objective: str, preference_pairs, base_model, cache_report: dict, prompts_validation: list[str],
+                    train: TrainParams, cache: CacheParams):
     """Fine-tune the base model's UNet with ``objective`` on the train split, once per seed of
     ``train.seeds``, reading latents, embeddings and (SmPO, cached) trajectories from the cache.
     Returns the full SDXL pipeline trained with the first seed (LoRA merged), the UNets of the other
@@ -61,8 +61,8 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     if objective not in train.objectives:
         log.info("train.objectives leaves out %s: it is not trained in this run", objective)
         return NotTrained(objective, "left out of train.objectives"), {}, {"objective": objective, "trained": False}
-    runs = {seed: _train_seed(objective, seed, preference_pairs, base_model, cache_report, train, cache)
-            for seed in train.seeds}
+    runs = {seed: _train_seed(objective, seed, preference_pairs, base_model, cache_report, prompts_validation, train,
+                              cache) for seed in train.seeds}
     first = train.seeds[0]
     trained = type(base_model)(**{**base_model.components, "unet": runs[first][0]})
     replicas = {seed: unet for seed, (unet, _) in runs.items() if seed != first}
@@ -71,8 +71,28 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     return trained, replicas, summary
 
 
-def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_report: dict, train: TrainParams,
-                cache: CacheParams):
+def _validation_curve(base_model, prompts_validation: list[str], train: TrainParams, resolution: int):
+    """The trainer's evaluate hook: mean shapes-oracle reward of the policy on the first
+    ``train.evaluation.curve_prompts`` validation prompts (one image each, the same seeds at every
+    point). None when no curve is asked for, or the policy is not fp32 (the pipeline samples in fp32)."""
+    from smpo_pipeline.models.sampling import SamplingProtocol
+
+    e = train.evaluation
+    if not e.every or train.precision != "fp32":
+        return None
+    prompts = prompts_validation[: e.curve_prompts]
+    protocol = SamplingProtocol(e.steps, e.guidance_scale, resolution)
+
+    def evaluate(unet) -> dict:
+        pipe = type(base_model)(**{**base_model.components, "unet": unet})
+        rewards = oracle_rewards(pipe, prompts, list(range(len(prompts))), protocol, e.batch_size, progress=False)
+        return {"validation_reward": float(rewards.mean())}
+
+    return evaluate
+
+
+def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_report: dict,
+                prompts_validation: list[str], train: TrainParams, cache: CacheParams):
     """One training run: (trained UNet, summary)."""
     from diffusers import DDPMScheduler
     from dvclive import Live
@@ -121,8 +141,11 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
                 records.append(record)
                 log_step(record)
 
+            resolution = base_model.unet.config.sample_size * base_model.vae_scale_factor
+            hook = _validation_curve(base_model, prompts_validation, train, resolution)
+            start = hook(base_model.unet) if hook and not resuming else None
             policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
-                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, experts)
+                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, experts, hook)
     tail = records[-min(20, len(records)):]
     summary = {"objective": objective, "trained": True, "seed": seed, "forward_noise": noise, "pairs": len(pairs),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
@@ -130,7 +153,8 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
                "processes": train.num_processes, "lora_rank": train.lora.rank, "precision": train.precision,
                "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5) if tail else None,
                "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4) if tail else None,
-               "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4) if records else None}
+               "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4) if records else None,
+               "curve": _curve(records, start)}
     log.info("Trained %s (seed %d): %s", objective, seed, summary)
     return policy, summary
 
@@ -176,19 +200,36 @@ def _train_in_processes(objective, base_model, pairs, experts, config, inversion
     return records, policy.eval()
 
 
-def train_dpo(preference_pairs, base_model, cache_report: dict, train: TrainParams, cache: CacheParams):
+def _curve(records: list[dict], start: dict | None = None) -> list[dict]:
+    """(step, validation reward, CPU seconds of training so far) wherever the hook measured it,
+    from the base model's point (step 0) on when ``start`` holds it."""
+    points, cpu = [], 0.0
+    if start:
+        points.append({"step": 0, "validation_reward": round(start["validation_reward"], 5), "cpu_seconds": 0.0})
+    for step, record in enumerate(records, start=1):
+        cpu += record.get("cpu_time", 0.0)
+        if "validation_reward" in record:
+            points.append({"step": step, "validation_reward": round(record["validation_reward"], 5),
+                           "cpu_seconds": round(cpu, 1)})
+    return points
+
+
+def train_dpo(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], train: TrainParams,
+              cache: CacheParams):
     """Diffusion-DPO: random forward noise, β from ``train.beta.dpo``."""
-    return train_objective("dpo", preference_pairs, base_model, cache_report, train, cache)
+    return train_objective("dpo", preference_pairs, base_model, cache_report, prompts_validation, train, cache)
 
 
-def train_smpo(preference_pairs, base_model, cache_report: dict, train: TrainParams, cache: CacheParams):
+def train_smpo(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], train: TrainParams,
+               cache: CacheParams):
     """SmPO: smoothed-probability weights, forward noise from ``train.inversion``."""
-    return train_objective("smpo", preference_pairs, base_model, cache_report, train, cache)
+    return train_objective("smpo", preference_pairs, base_model, cache_report, prompts_validation, train, cache)
 
 
-def train_dro(preference_pairs, base_model, cache_report: dict, train: TrainParams, cache: CacheParams):
+def train_dro(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], train: TrainParams,
+              cache: CacheParams):
     """Diffusion-DRO: expert images (``train.dro.experts``) against the policy's own samples."""
-    return train_objective("dro", preference_pairs, base_model, cache_report, train, cache)
+    return train_objective("dro", preference_pairs, base_model, cache_report, prompts_validation, train, cache)
 
 
 def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_size: int, **generate_args):
@@ -198,6 +239,37 @@ def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_
 
     images = generate(model, prompts, seeds, protocol, batch_size, **generate_args)
     return np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
+
+
+def plot_learning_curves(dpo_training_summary: dict, smpo_training_summary: dict, dro_training_summary: dict,
+                         train: TrainParams):
+    """Validation reward against optimiser steps and against CPU seconds of training, one line per
+    objective (the mean over ``train.seeds``) with a band from the lowest to the highest seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for summary in (dpo_training_summary, smpo_training_summary, dro_training_summary):
+        runs = [run["curve"] for run in summary.get("per_seed", {}).values() if run.get("curve")]
+        if not runs:
+            continue
+        n = min(len(curve) for curve in runs)
+        reward = np.array([[p["validation_reward"] for p in curve[:n]] for curve in runs])
+        for ax, key in zip(axes, ("step", "cpu_seconds"), strict=True):
+            x = np.mean([[p[key] for p in curve[:n]] for curve in runs], axis=0)
+            line = ax.plot(x, reward.mean(axis=0), marker="o", markersize=3,
+                           label=f"{summary['objective']} ({len(runs)} seed{'s' * (len(runs) > 1)})")[0]
+            ax.fill_between(x, reward.min(axis=0), reward.max(axis=0), color=line.get_color(), alpha=0.2)
+    axes[0].set(xlabel="optimiser step", ylabel=f"mean shapes-oracle reward ({train.evaluation.curve_prompts} "
+                "validation prompts)", title="Learning curves")
+    axes[1].set(xlabel="CPU seconds of training (mean over seeds)", title="… against training cost")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, prompts_validation: list[str],

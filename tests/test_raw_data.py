@@ -1,0 +1,44 @@
+"""The raw inputs the repository ships under data/01_raw: exactly the files of their manifest, a base
+model that stock diffusers loads and samples with nothing of ours imported, Pick-a-Pic v2 shards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+from smpo_pipeline.manifest import manifest_problems
+from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
+from tests.conftest import PROJECT_ROOT
+
+RAW = PROJECT_ROOT / "data/01_raw"
+
+
+def test_the_shipped_files_are_exactly_those_of_the_manifest():
+    manifest = json.loads((RAW / "MANIFEST.json").read_text())
+    assert manifest["root"] == "data/01_raw"
+    assert manifest_problems(RAW, manifest["files"]) == []
+    assert sum(f["bytes"] for f in manifest["files"].values()) < 40 * 2**20  # a few tens of MB at most
+
+
+def test_the_shipped_base_model_loads_and_samples_in_stock_diffusers():
+    script = ("import sys, torch; from diffusers import StableDiffusionXLPipeline as P\n"
+              "pipe = P.from_pretrained(sys.argv[1])\n"
+              "image = pipe('a large red square at the center on a blue background', num_inference_steps=2,\n"
+              "             guidance_scale=3.0, generator=torch.Generator().manual_seed(0)).images[0]\n"
+              "print(image.size, type(pipe.unet).__name__, 'smpo_pipeline' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script, str(RAW / "base_model")], capture_output=True, text=True,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["(32,", "32)", "UNet2DConditionModel", "False"], out.stderr[-1000:]
+
+
+def test_the_shipped_shards_are_pickapic_v2_with_several_pairs_per_prompt():
+    shards = sorted((RAW / "pickapic").glob("*.parquet"))
+    assert shards
+    assert all(pq.read_schema(s).remove_metadata() == PICKAPIC_V2_SCHEMA for s in shards)
+    rows = pq.ParquetDataset([str(s) for s in shards]).read(columns=["caption", "num_example_per_prompt"]).to_pandas()
+    prompts = (RAW / "prompts/train.txt").read_text().splitlines()
+    assert set(rows.caption) == set(prompts)
+    assert (rows.groupby("caption").size() == rows.groupby("caption").num_example_per_prompt.first()).all()
