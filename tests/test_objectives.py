@@ -1,4 +1,4 @@
-"""The objectives against hand-computed reference formulas (``../shared/reference/objectives.md``)."""
+"""The objectives against hand-computed reference formulas (``docs/objectives.md``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """ReNoise inversion along a DDIM inverse grid, and SmPO's forward-noise target.
 
-SmPO's second idea (``../shared/reference/objectives.md``): instead of random forward noise, the
+SmPO's second idea (``docs/objectives.md``): instead of random forward noise, the
 noisy latent the model trains on comes from inverting the image along the model's own trajectory.
 As the official code does it (``JaydenLyh/SmPO`` ``train.py``):
 

@@ -3,7 +3,7 @@
 Every function takes per-sample MSE tensors — ``mse_θ(x) = mean over C,H,W of (ε_θ(x_t, c, t) −
 target)²`` for the trained UNet θ and the frozen reference — and returns ``(loss, metrics)``: the
 mean loss as a 0-d tensor and a dict of 0-d tensors for logging. Formulas and constants:
-``../shared/reference/objectives.md``.
+``docs/objectives.md``.
 """
 
 from __future__ import annotations

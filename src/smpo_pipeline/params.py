@@ -207,7 +207,7 @@ Objective = Literal["dpo", "smpo", "dro"]
 
 
 class DROParams(_Section):
-    """Diffusion-DRO (``../shared/reference/objectives.md``): expert images and online policy samples."""
+    """Diffusion-DRO (``docs/objectives.md``): expert images and online policy samples."""
 
     margin: PositiveFloat = 0.001  # official
     experts: Literal["winners", "top_k"] = "winners"  # the preferred image of each pair, or top-K by reward

@@ -1,4 +1,4 @@
-"""The Pick-a-Pic v2 parquet schema (``../shared/reference/pickapic_v2.md``), shared by the shards
+"""The Pick-a-Pic v2 parquet schema (``docs/data.md``), shared by the shards
 the embedded world writes and the ingestion that reads real ones."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SmPO's smoothed preference probability, as pure functions (numpy in, numpy out).
 
-Formulas and constants: ``../shared/reference/objectives.md`` (SmPO section).
+Formulas and constants: ``docs/objectives.md`` (SmPO section).
 
 - normalised reward        r' = (s − low) / (high − low)
   (PickScore's published bounds: low 0.11543526500463486, high 0.28201571106910706)

@@ -1,6 +1,6 @@
 """Training the tiny base model from scratch: first the VAE, then the UNet with both text encoders.
 
-Settings and pitfalls: ``../shared/reference/tiny_sdxl_from_scratch.md``. Both loops are plain
+Settings and pitfalls: ``docs/embedded_world.md``. Both loops are plain
 PyTorch, seeded, and short enough to read in one go.
 """
 

@@ -2,7 +2,7 @@
 
 The pipeline's own ``encode_prompt`` runs under its callers' ``no_grad`` and mixes in CFG; training
 needs the same tensors with gradients flowing into the text encoders (the tiny base model trains
-them, see pitfall 1 of ``tiny_sdxl_from_scratch.md``). ``tests/test_models.py`` checks that these
+them, see ``docs/embedded_world.md``). ``tests/test_models.py`` checks that these
 functions return exactly what the pipeline returns.
 """
 

@@ -1,6 +1,6 @@
 """The tiny SDXL-architecture model of the embedded world, built from configs, offline.
 
-Same component classes and conditioning as SDXL (``../shared/reference/tiny_sdxl_from_scratch.md``
+Same component classes and conditioning as SDXL (``docs/embedded_world.md``
 gives the measured settings used as defaults here):
 
 - two CLIP text encoders: ``CLIPTextModel`` and ``CLIPTextModelWithProjection``; the UNet's

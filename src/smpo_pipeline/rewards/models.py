@@ -53,7 +53,7 @@ class ClipReward(RewardModel):
     """Image–text cosine similarity of a CLIP model (``scale`` × cos).
 
     ``pickscore``: PickScore v1 with scale 1 — the raw cosine SmPO normalises with its published
-    bounds (``../shared/reference/objectives.md``). ``clip``: any CLIP checkpoint, scale 100 (the
+    bounds (``docs/objectives.md``). ``clip``: any CLIP checkpoint, scale 100 (the
     usual CLIP-score convention).
     """
 

@@ -1,6 +1,6 @@
 """Diffusion-DRO's online half: states of the policy's own sampling trajectories, in a replay buffer.
 
-As ``basiclab/DiffusionDRO`` does it (``../shared/reference/objectives.md``): the current policy
+As ``basiclab/DiffusionDRO`` does it (``docs/objectives.md``): the current policy
 samples images for the batch's prompts with DPM-Solver++ (20 steps, guidance 1.0), each sample on
 its own timestep grid shifted by a random jitter so that the stored states cover every t, not just
 the 20 grid points. From each trajectory one state is kept: the latent x_t, its timestep t and the

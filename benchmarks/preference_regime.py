@@ -1,0 +1,181 @@
+"""Sweeps of the preference-training regime on the embedded world: each configuration (overrides of
+``conf/base/parameters_train.yml``'s ``train`` section) trained with several seeds on the chain's own
+pairs and training cache, its validation reward measured along the way. Prints a table of the gain
+over the base model (mean over seeds, with the seeds' standard error and the implicit accuracy at the
+end) and writes the curves as JSON and a plot.
+
+    kedro run --pipelines data,rewards,cache        # once: the pairs and the cache it trains on
+    .venv/bin/python benchmarks/preference_regime.py benchmarks/sweeps/regime.yml --seeds 0 1 2
+
+Validation prompts only: the test prompts are never looked at. The sweep files under
+``benchmarks/sweeps/`` are the ones behind ``docs/regime.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+
+def _load_chain(overrides: dict):
+    """The catalog entries and validated parameters a training run reads, through Kedro's session."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(Path.cwd())
+    with KedroSession.create(project_path=Path.cwd(), runtime_params=overrides) as session:
+        context = session.load_context()
+        catalog = context.catalog
+        params = context.params
+        return ({name: catalog.load(name) for name in ("preference_pairs", "base_model", "cache_report",
+                                                        "prompts_validation")}, params)
+
+
+def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every: int) -> dict:
+    import numpy as np
+    from diffusers import DDPMScheduler
+
+    from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.models.sampling import SamplingProtocol
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.params import CacheParams, TrainParams
+    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
+    from smpo_pipeline.smoothing import preference_probability
+    from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+
+    def merge(base: dict, extra: dict) -> dict:
+        return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in extra.items()}}
+
+    train = TrainParams.model_validate(merge(params["train"], config.get("train", {})) | {"deepspeed_config": None})
+    cache = CacheParams.model_validate(params["cache"])
+    objective = config["objective"]
+    base = chain["base_model"]
+    inv = cache.inversion
+    inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
+    prints = Fingerprints.of(base, inversion)
+    _check_cache(chain["cache_report"], prints, inversion)
+    pairs = chain["preference_pairs"]
+    pairs = pairs[pairs.split == "train"].reset_index(drop=True)
+    if "tau" in config:
+        pairs = pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, config["tau"]))
+    noise = train.inversion if objective == "smpo" else "none"
+    reader = CacheReader(Path(cache.root))
+    data = CachedPairs(pairs, reader, prints, noise == "cached")
+    experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints) \
+        if objective == "dro" else None
+    val = chain["prompts_validation"][:prompts]
+    e = train.evaluation
+    protocol = SamplingProtocol(e.steps, e.guidance_scale, base.unet.config.sample_size * base.vae_scale_factor)
+
+    def evaluate(unet) -> dict:
+        pipe = type(base)(**{**base.components, "unet": unet})
+        return {"validation_reward": float(oracle_rewards(pipe, val, list(range(len(val))), protocol,
+                                                          e.batch_size, progress=False).mean())}
+
+    records = []
+    config_ = _train_config(objective, train.model_copy(update={"evaluation": e.model_copy(update={"every": every})}),
+                            noise, seed)
+    start = time.perf_counter()
+    train_preference(copy.deepcopy(base.unet), data, config_, inversion, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                     lambda step, record: records.append(record), experts, evaluate)
+    cpu, curve = 0.0, []
+    for step, record in enumerate(records, start=1):
+        cpu += record["cpu_time"]
+        if "validation_reward" in record:
+            curve.append({"step": step, "validation_reward": record["validation_reward"], "cpu_seconds": cpu})
+    tail = records[-20:]
+    return {"curve": curve, "seconds": time.perf_counter() - start,
+            "implicit_accuracy": float(np.mean([r["implicit_accuracy"] for r in tail]))}
+
+
+def main() -> None:
+    import numpy as np
+    import yaml
+
+    import smpo_pipeline  # noqa: F401
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?}]}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", default="reports/sweeps")
+    parser.add_argument("--only", nargs="*", help="run only these configuration names")
+    args = parser.parse_args()
+    sweep = yaml.safe_load(Path(args.sweep).read_text())
+    chain, params = _load_chain({})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / f"{sweep['name']}.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    base_reward = None
+    for config in sweep["configs"]:
+        if args.only and config["name"] not in args.only:
+            continue
+        for seed in args.seeds:
+            key = f"{config['name']}/seed-{seed}"
+            if results.get(key, {}).get("config") == config:
+                continue  # done with exactly this configuration
+            result = run(config, seed, chain, params, sweep.get("prompts", 96), sweep.get("every", 50))
+            results[key] = {"config": config, "seed": seed} | result
+            results_path.write_text(json.dumps(results, indent=1))
+            first, last = result["curve"][0]["validation_reward"], result["curve"][-1]["validation_reward"]
+            print(f"{key}: validation reward {last:.4f} ({result['seconds']:.0f} s, implicit accuracy "
+                  f"{result['implicit_accuracy']:.2f}; first point {first:.4f})", flush=True)
+    if base_reward is None:
+        from smpo_pipeline.models.sampling import SamplingProtocol
+        from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+
+        base = chain["base_model"]
+        e = params["train"]["evaluation"]
+        val = chain["prompts_validation"][: sweep.get("prompts", 96)]
+        protocol = SamplingProtocol(e["steps"], e["guidance_scale"], base.unet.config.sample_size * base.vae_scale_factor)
+        base_reward = float(oracle_rewards(base, val, list(range(len(val))), protocol, 64, progress=False).mean())
+    print(f"\nbase model: validation reward {base_reward:.4f} on {sweep.get('prompts', 96)} prompts\n")
+    print(f"{'configuration':<28} {'seeds':>5} {'gain':>8} {'± s.e.':>7} {'impl. acc.':>10} {'s/run':>6}")
+    summary = {}
+    for config in sweep["configs"]:
+        runs = [v for k, v in results.items() if k.split("/")[0] == config["name"]]
+        if not runs:
+            continue
+        gains = np.array([r["curve"][-1]["validation_reward"] - base_reward for r in runs])
+        se = gains.std(ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else float("nan")
+        summary[config["name"]] = {"gain": float(gains.mean()), "standard_error": float(se), "seeds": len(gains)}
+        print(f"{config['name']:<28} {len(gains):>5} {gains.mean():>+8.4f} {se:>7.4f} "
+              f"{np.mean([r['implicit_accuracy'] for r in runs]):>10.2f} {np.mean([r['seconds'] for r in runs]):>6.0f}")
+    (out / f"{sweep['name']}_summary.json").write_text(json.dumps({"base_reward": base_reward} | summary, indent=1))
+    _plot(sweep, results, base_reward, out / f"{sweep['name']}.png")
+
+
+def _plot(sweep: dict, results: dict, base_reward: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for config in sweep["configs"]:
+        runs = [v["curve"] for k, v in results.items() if k.split("/")[0] == config["name"]]
+        if not runs:
+            continue
+        n = min(len(c) for c in runs)
+        reward = np.array([[p["validation_reward"] - base_reward for p in c[:n]] for c in runs])
+        for ax, key in zip(axes, ("step", "cpu_seconds"), strict=True):
+            x = np.mean([[p[key] for p in c[:n]] for c in runs], axis=0)
+            line = ax.plot(x, reward.mean(0), marker="o", ms=3, label=f"{config['name']} ({len(runs)})")[0]
+            ax.fill_between(x, reward.min(0), reward.max(0), color=line.get_color(), alpha=0.15)
+    axes[0].set(xlabel="optimiser step", ylabel="validation reward − base", title=sweep["name"])
+    axes[1].set(xlabel="CPU seconds of training")
+    for ax in axes:
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
