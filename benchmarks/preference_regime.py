@@ -56,13 +56,13 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     base = chain["base_model"]
     inv = cache.inversion
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
+    noise = train.inversion if objective == "smpo" else "none"
     prints = Fingerprints.of(base, inversion)
-    _check_cache(chain["cache_report"], prints, inversion)
+    _check_cache(chain["cache_report"], prints, inversion, trajectories=noise == "cached")
     pairs = chain["preference_pairs"]
     pairs = pairs[pairs.split == "train"].reset_index(drop=True)
     if "tau" in config:
         pairs = pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, config["tau"]))
-    noise = train.inversion if objective == "smpo" else "none"
     reader = CacheReader(Path(cache.root))
     data = CachedPairs(pairs, reader, prints, noise == "cached")
     experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints) \

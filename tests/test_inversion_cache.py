@@ -152,6 +152,23 @@ def test_cache_builds_once_and_stores_what_training_needs(pipe, tmp_path):
     assert summary["built_with"][0]["inversion"] == {"num_steps": 10, "renoise_iterations": 1, "guidance_scale": 1.0}
 
 
+def test_a_cache_without_trajectories_serves_dpo_and_is_refused_for_cached_smpo(pipe, tmp_path):
+    from smpo_pipeline.pipelines.train.nodes import _check_cache
+
+    items, config = _items(4), InversionConfig(10, 1)
+    counts = build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False, trajectories=False)
+    assert counts["latents"] == 4 and counts["trajectories"] == 0
+    assert not [e for e in _entries(tmp_path) if e.startswith("traj/")]
+    report, prints = CacheReader(tmp_path).summary(), Fingerprints.of(pipe, config)
+    _check_cache(report, prints, config, trajectories=False)  # DPO, DRO, SmPO with random or online noise
+    with pytest.raises(ValueError, match=r"cache.trajectories: true"):
+        _check_cache(report, prints, config, trajectories=True)
+    # Asking for them later computes only the trajectories.
+    counts = build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False)
+    assert counts["trajectories"] == 4 and counts["texts"] == 0
+    _check_cache(CacheReader(tmp_path).summary(), prints, config, trajectories=True)
+
+
 def test_changing_the_inversion_invalidates_exactly_the_trajectories(pipe, tmp_path):
     items = _items(4)
     build_cache(pipe, items, tmp_path, InversionConfig(10, 1), batch_size=4, progress=False)

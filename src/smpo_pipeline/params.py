@@ -193,6 +193,7 @@ class CacheParams(_Section):
     batch_size: PositiveInt = 64
     storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     num_processes: PositiveInt = 1
+    trajectories: bool = True  # ReNoise trajectories (SmPO with train.inversion: cached); false: latents and text only
     inversion: InversionParams = InversionParams()
 
 

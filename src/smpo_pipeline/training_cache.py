@@ -186,9 +186,12 @@ def build_cache(
     storage_dtype: torch.dtype = torch.float32,
     progress: bool = True,
     on_shard: Callable[[int], None] | None = None,
+    trajectories: bool = True,
 ) -> dict[str, int]:
     """Fill the cache for ``items`` = (image uid, caption, JPEG bytes) with ``pipe``'s VAE and text
-    encoders and its UNet as the reference for the inversion. Returns counts of what was computed."""
+    encoders and its UNet as the reference for the inversion. Returns counts of what was computed.
+    ``trajectories=False`` skips the ReNoise inversion (≈ 2K UNet passes per image): latents and text
+    embeddings are all that DPO, DRO and SmPO with online or random forward noise read."""
     import io
 
     import numpy as np
@@ -202,7 +205,8 @@ def build_cache(
     prints = Fingerprints.of(pipe, inversion)
     resolution = prints.resolution
     built_with = {"vae": prints.vae, "text_encoders": prints.text, "reference_unet": prints.unet,
-                  "resolution": resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype)}
+                  "resolution": resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype),
+                  "trajectories": trajectories}
     cache = ShardedCache(root, rank)
     cache.verify()
     have = set(cache.entries())
@@ -213,7 +217,8 @@ def build_cache(
     mine = [it for it in items if owner[it[0]] == rank]
     captions = sorted({c for _, c, _ in items})
     my_captions = {c for i, c in enumerate(captions) if i % world_size == rank}
-    todo = [it for it in mine if prints.latent_key(it[0]) not in have or prints.trajectory_key(it[0], it[1]) not in have]
+    todo = [it for it in mine if prints.latent_key(it[0]) not in have
+            or (trajectories and prints.trajectory_key(it[0], it[1]) not in have)]
     text_todo = sorted(c for c in my_captions if prints.text_key(c) not in have)
     counts = {"items": len(mine), "latents": 0, "texts": 0, "trajectories": 0, "shards": 0}
     scheduler = inverse_scheduler(NOISE_SCHEDULE, inversion.num_steps)
@@ -243,15 +248,15 @@ def build_cache(
             pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
             x0 = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
             embeds, pooled, tids = encode([c for _, c, _ in batch])
-            cond = {"prompt_embeds": embeds, "pooled": pooled, "time_ids": tids}
-            trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, inversion)  # [K+1, B, ...]
-            tensors = {}
-            for i, (uid, caption, _) in enumerate(batch):
-                tensors[prints.latent_key(uid)] = {"latent": x0[i].to(storage_dtype)}
-                tensors[prints.trajectory_key(uid, caption)] = {"trajectory": trajectory[:, i].to(storage_dtype)}
+            tensors = {prints.latent_key(uid): {"latent": x0[i].to(storage_dtype)} for i, (uid, _, _) in enumerate(batch)}
+            if trajectories:
+                cond = {"prompt_embeds": embeds, "pooled": pooled, "time_ids": tids}
+                trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, inversion)  # [K+1, B, ...]
+                for i, (uid, caption, _) in enumerate(batch):
+                    tensors[prints.trajectory_key(uid, caption)] = {"trajectory": trajectory[:, i].to(storage_dtype)}
+                counts["trajectories"] += len(batch)
             cache.write_shard(tensors, built_with)
             counts["latents"] += len(batch)
-            counts["trajectories"] += len(batch)
             counts["shards"] += 1
             bar.update(len(batch))
             if on_shard:
@@ -285,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--no-trajectories", action="store_true", help="latents and text embeddings only")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -293,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     items = list(zip(*(table.column(c).to_pylist() for c in ("image_uid", "caption", "jpg")), strict=True))
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model)
     counts = build_cache(pipe, items, Path(args.root), InversionConfig(args.num_steps, args.renoise_iterations, args.guidance_scale),
-                         args.batch_size, rank, world, getattr(torch, args.dtype), progress=rank == 0)
+                         args.batch_size, rank, world, getattr(torch, args.dtype), progress=rank == 0,
+                         trajectories=not args.no_trajectories)
     print(json.dumps({"rank": rank, "world_size": world} | counts))  # noqa: T201 - read by the parent process
 
 

@@ -45,7 +45,7 @@ def fill_training_cache(preference_pairs, base_model, cache: CacheParams, data: 
     root = Path(cache.root)
     if cache.num_processes == 1:
         counts = build_cache(base_model, items, root, config, cache.batch_size,
-                             storage_dtype=getattr(torch, cache.storage_dtype))
+                             storage_dtype=getattr(torch, cache.storage_dtype), trajectories=cache.trajectories)
         log.info("Cache: %s", counts)
     else:
         _launch(items, base_model, cache, runtime)
@@ -71,6 +71,7 @@ def _launch(items, base_model, cache: CacheParams, runtime: RuntimeParams) -> No
             "--renoise-iterations", str(cache.inversion.renoise_iterations),
             "--guidance-scale", str(cache.inversion.guidance_scale), "--batch-size", str(cache.batch_size),
             "--dtype", cache.storage_dtype, "--threads", str(threads),
+            *([] if cache.trajectories else ["--no-trajectories"]),
         )
         log.info("Launching: %s", " ".join(command))
         subprocess.run(command, check=True)

@@ -16,13 +16,17 @@ from smpo_pipeline.params import CacheParams, TrainParams, WorldParams
 log = logging.getLogger(__name__)
 
 
-def _check_cache(cache_report: dict, prints, inversion) -> None:
-    """The cache must have been built from this base model with these inversion settings."""
-    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text,
-              "inversion": asdict(inversion)}
-    if not any(all(b.get(k) == v for k, v in wanted.items()) for b in cache_report.get("built_with", [])):
+def _check_cache(cache_report: dict, prints, inversion, trajectories: bool = True) -> None:
+    """The cache must have been built from this base model, and, where the run reads cached
+    trajectories, with them and these inversion settings."""
+    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text}
+    if trajectories:
+        wanted |= {"inversion": asdict(inversion), "trajectories": True}
+    if not any(all(b.get(k, True if k == "trajectories" else None) == v for k, v in wanted.items())
+               for b in cache_report.get("built_with", [])):
         raise ValueError(f"the training cache was built with {cache_report.get('built_with')}, not with the current "
-                         f"base model and cache.inversion {wanted}: rebuild it with `kedro run --pipeline cache`")
+                         f"base model{' and cache.inversion' if trajectories else ''} {wanted}: rebuild it with "
+                         "`kedro run --pipeline cache`" + (" (cache.trajectories: true)" if trajectories else ""))
 
 
 def _train_config(objective: str, train: TrainParams, noise: str, seed: int | None = None):
@@ -108,7 +112,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     noise = train.inversion if objective == "smpo" else "none"
     pairs = preference_pairs[preference_pairs.split == "train"]
     prints = Fingerprints.of(base_model, inversion)
-    _check_cache(cache_report, prints, inversion)
+    _check_cache(cache_report, prints, inversion, trajectories=noise == "cached")
     reader = CacheReader(Path(cache.root))
     data = CachedPairs(pairs, reader, prints, noise == "cached")
     experts = None

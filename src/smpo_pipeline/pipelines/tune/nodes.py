@@ -63,7 +63,7 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
     inv = cache.inversion
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
     prints = Fingerprints.of(base_model, inversion)
-    _check_cache(cache_report, prints, inversion)
+    _check_cache(cache_report, prints, inversion, trajectories=train.inversion == "cached")
     pairs = preference_pairs[preference_pairs.split == "train"].reset_index(drop=True)
     reader = CacheReader(Path(cache.root))
     alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
