@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from dataclasses import replace
 import json
 import time
 from pathlib import Path
@@ -79,6 +80,8 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     records = []
     config_ = _train_config(objective, train.model_copy(update={"evaluation": e.model_copy(update={"every": every})}),
                             noise, seed)
+    if objective == "sft":  # implicit accuracy measured as DPO's, for comparison
+        config_ = replace(config_, beta=train.beta["dpo"])
     start = time.perf_counter()
     train_preference(copy.deepcopy(base.unet), data, config_, inversion, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
                      lambda step, record: records.append(record), experts, evaluate)
@@ -99,7 +102,8 @@ def main() -> None:
     import smpo_pipeline  # noqa: F401
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?}]}")
+    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?}]};"
+                                      " objective dpo | smpo | dro | sft (the preferred images alone)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="reports/sweeps")
     parser.add_argument("--only", nargs="*", help="run only these configuration names")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from smpo_pipeline.inversion import InversionConfig, renoise_inversion, smpo_target, unet_dtype
-from smpo_pipeline.objectives import dpo_loss, dro_loss, smpo_loss
+from smpo_pipeline.objectives import dpo_loss, dro_loss, sft_loss, smpo_loss
 
 
 @dataclass
@@ -90,7 +90,9 @@ def noisy_inputs(batch: PairBatch, timesteps, noise_mode: str, alphas_cumprod, g
 def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: str, beta: float, gamma: float,
                     noise_mode: str, alphas_cumprod, generator=None, inverse_scheduler=None,
                     inversion: InversionConfig | None = None):
-    """The DPO or SmPO loss of a batch, and its metrics. ``reference`` runs without gradients."""
+    """The DPO or SmPO loss of a batch (or ``sft``: the preferred images' denoising loss alone, the
+    sanity baseline of ``benchmarks/preference_regime.py``), and its metrics. ``reference`` runs
+    without gradients."""
     x_t, target = noisy_inputs(batch, timesteps, noise_mode, alphas_cumprod, generator, inverse_scheduler, policy, inversion)
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
     t2 = timesteps.repeat(2)
@@ -99,6 +101,8 @@ def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: s
         ref_w, ref_l = per_sample_mse(reference, x_t, t2, target, *cond).chunk(2)
     if objective == "dpo":
         return dpo_loss(model_w, model_l, ref_w, ref_l, beta)
+    if objective == "sft":  # the sanity baseline: fit the preferred images alone (metrics as DPO's)
+        return sft_loss(model_w)[0], dpo_loss(model_w, model_l, ref_w, ref_l, beta)[1]
     if objective == "smpo":
         return smpo_loss(model_w, model_l, ref_w, ref_l, beta, batch.prob, gamma)
     raise ValueError(f"unknown objective {objective!r}")
