@@ -103,6 +103,40 @@ def test_the_training_loop_reads_the_cache_and_trains_in_every_noise_mode(tiny_p
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
 
 
+def test_the_evaluate_hook_sees_the_policy_on_schedule_and_timesteps_stay_in_their_range(tiny_pipeline_dir, tmp_path,
+                                                                                        monkeypatch):
+    from diffusers import DDPMScheduler
+
+    import smpo_pipeline.training.trainer as trainer
+    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+
+    pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)
+    drawn, seen, records = [], [], []
+    real_loss = trainer.preference_loss
+
+    def spy(policy, reference, batch, timesteps, *args, **kwargs):
+        drawn.append(timesteps.clone())
+        return real_loss(policy, reference, batch, timesteps, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "preference_loss", spy)
+
+    def evaluate(unet) -> dict:
+        seen.append((unet.training, next(unet.parameters()).detach().clone()))
+        return {"validation_reward": float(len(seen))}
+
+    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="none", steps=5, batch_size=4,
+                         learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0,
+                         timestep_range=(600, 700), evaluate_every=2)
+    train_preference(pipe.unet, CachedPairs(pairs, reader, prints), config, InversionConfig(5, 1),
+                     DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r), evaluate=evaluate)
+    timesteps = torch.cat(drawn)
+    assert timesteps.min() >= 600 and timesteps.max() < 700 and len(timesteps.unique()) > 5
+    # Steps 2, 4 and the last (5): in eval mode, on weights that move between calls.
+    assert [r.get("validation_reward") for r in records] == [None, 1.0, None, 2.0, 3.0]
+    assert not any(training for training, _ in seen) and not torch.equal(seen[0][1], seen[2][1])
+    assert all(r["cpu_time"] > 0 for r in records)
+
+
 @pytest.mark.parametrize(("stage", "precision"), [(2, "fp32"), (3, "fp32"), (2, "bf16")])
 def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_path, stage, precision):
     """DeepSpeed ZeRO on CPU (gloo), one process: the policy moves, the reference does not; bf16 is

@@ -3,25 +3,18 @@ exactly the ones the bootstrap wrote (and that nothing was added, lost or altere
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+
+from smpo_pipeline.checksums import file_sha256
 
 MANIFEST_NAME = "MANIFEST.json"
 _IGNORED = {MANIFEST_NAME, ".gitkeep"}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_manifest(root: str | Path) -> dict[str, dict]:
     """Every file under ``root`` (but the manifest itself and ``.gitkeep``), by relative POSIX path."""
     root = Path(root)
-    return {path.relative_to(root).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {path.relative_to(root).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
             for path in sorted(root.rglob("*")) if path.is_file() and path.name not in _IGNORED}
 
 

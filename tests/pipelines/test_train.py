@@ -104,3 +104,19 @@ def test_a_cache_built_with_other_inversion_settings_is_refused(trained_project)
     changed = CHAIN | {"cache": CHAIN["cache"] | {"inversion": {"num_steps": 4}}}
     with pytest.raises(ValueError, match=r"rebuild it with `kedro run --pipeline cache`"):
         run_kedro(trained_project, ["train"], changed)
+
+
+@pytest.mark.slow
+def test_a_new_tau_retrains_smpo_while_an_unchanged_rerun_reuses_its_run(trained_project, tmp_path):
+    """The run id covers the smoothed probabilities: a changed rewards.tau must not find the old run
+    "finished" and return the old model under the new setting. (On a copy: other tests share the project.)"""
+    import shutil
+
+    project = shutil.copytree(trained_project, tmp_path / "project", symlinks=True)
+    one = CHAIN | {"train": CHAIN["train"] | {"objectives": ["smpo"], "seeds": [0]}}
+    run_kedro(project, ["train"], one)
+    same = json.loads((project / "reports/training/smpo.json").read_text())
+    assert same["reuse"] == "finished" and same["steps_run_now"] == 0
+    run_kedro(project, ["rewards", "train"], one | {"rewards": {"tau": 0.25}})
+    new = json.loads((project / "reports/training/smpo.json").read_text())
+    assert new["reuse"] == "new" and new["steps_run_now"] == 3 and new["run_id"] != same["run_id"]

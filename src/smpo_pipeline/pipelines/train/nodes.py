@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smpo_pipeline.checksums import frame_digest
 from smpo_pipeline.params import CacheParams, TrainParams, WorldParams
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,24 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     if objective == "dro":
         experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints)
     config = _train_config(objective, train, noise, seed)
-    # Checkpoints of one run live under a hash of everything the run depends on, so a re-run with the
-    # same settings resumes (or finds the run finished) and a changed setting starts afresh.
-    run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet, train.num_processes,
-                                        sorted(pairs.pair_id)], default=str).encode()).hexdigest()[:12]
+    # Checkpoints of one run live under a hash of everything the run depends on — its settings, the
+    # weights it starts from and reads through the cache, the inversion settings of cached
+    # trajectories, and every value it reads from the pairs (a new τ, order or reward model changes
+    # p or the winners) — so a re-run with the same inputs resumes (or finds the run finished) and
+    # any change starts afresh.
+    read = ["pair_id", "image_w_uid", "image_l_uid", "caption", "p"] + (["r_w", "r_l"] if objective == "dro" else [])
+    run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet, prints.vae, prints.text,
+                                        asdict(inversion) if noise == "cached" else None, train.num_processes,
+                                        frame_digest(pairs, read)], default=str).encode()).hexdigest()[:12]
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
-    resuming = latest(config.checkpoint_dir) is not None  # dvclive then continues its step count
+    found = latest(config.checkpoint_dir)
+    resuming = found is not None  # dvclive then continues its step count
+    done_steps = int(found.name.split("-")[1]) if found else 0
+    reuse = ("finished" if done_steps >= train.steps else f"resumed at step {done_steps}") if found else "new"
+    log.info("%s (seed %d): %s run %s, %d of %d steps done", objective, seed,
+             {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done_steps,
+             train.steps)
     records = []
     if train.num_processes > 1:
         records, policy = _train_in_processes(objective, base_model, pairs, experts, config, inversion, train, cache)
@@ -151,7 +163,8 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
             policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
                                       DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, experts, hook)
     tail = records[-min(20, len(records)):]
-    summary = {"objective": objective, "trained": True, "seed": seed, "forward_noise": noise, "pairs": len(pairs),
+    summary = {"objective": objective, "trained": True, "seed": seed, "run_id": run_id, "reuse": reuse,
+               "forward_noise": noise, "pairs": len(pairs),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
                "steps": train.steps, "zero_stage": train.zero_stage if config.deepspeed else None,
                "processes": train.num_processes, "lora_rank": train.lora.rank, "precision": train.precision,
