@@ -27,7 +27,9 @@ def main() -> None:
     parser.add_argument("--renoise", type=int, default=1, help="R")
     args = parser.parse_args()
 
-    import smpo_pipeline  # noqa: F401
+    from smpo_pipeline.runtime import apply_project_environment
+
+    apply_project_environment()  # offline, telemetry off
     from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 
     from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion

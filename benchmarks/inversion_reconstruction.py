@@ -20,7 +20,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
 
-    import smpo_pipeline  # noqa: F401 - project environment
+    from smpo_pipeline.runtime import apply_project_environment
+
+    apply_project_environment()  # offline, telemetry off
     from diffusers import StableDiffusionXLPipeline
 
     from smpo_pipeline.inversion import InversionConfig, ddim_reconstruct, inverse_scheduler, renoise_inversion

@@ -99,7 +99,9 @@ def main() -> None:
     import numpy as np
     import yaml
 
-    import smpo_pipeline  # noqa: F401
+    from smpo_pipeline.runtime import apply_project_environment
+
+    apply_project_environment()  # offline, telemetry off
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?}]};"

@@ -142,7 +142,9 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--only", choices=OBJECTIVES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import smpo_pipeline  # noqa: F401 - project environment (offline, telemetry off)
+    from smpo_pipeline.runtime import apply_project_environment
+
+    apply_project_environment()  # offline, telemetry off
 
     if args.only:
         print(json.dumps(run_one(args)))

@@ -13,8 +13,10 @@ from PIL import Image
 
 import pytest
 
-import smpo_pipeline  # noqa: F401 - sets the project environment
-from tests.pickapic_factory import encode, png_header_only, valid_rows, write_shard
+from smpo_pipeline.runtime import apply_project_environment
+
+apply_project_environment()  # what the hooks and entry points do: tests run offline, tools first on PATH
+from tests.pickapic_factory import encode, png_header_only, valid_rows, write_shard  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,15 +22,30 @@ def test_environment_parameters_validate(env):
         assert params.rewards.model == "shapes-oracle" and params.data.raw_dir == "data/01_raw/pickapic"
 
 
-def test_the_project_sets_its_environment_itself_even_without_an_activated_venv(tmp_path):
+def test_importing_the_package_changes_nothing_in_the_process(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import os, pkgutil, importlib, smpo_pipeline; before = dict(os.environ)\n"
+              "for m in pkgutil.walk_packages(smpo_pipeline.__path__, 'smpo_pipeline.'):\n"
+              "    importlib.import_module(m.name)\n"
+              "print(dict(os.environ) == before)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.stdout.strip().splitlines()[-1:] == ["True"], out.stderr[-2000:]
+
+
+def test_the_project_environment_is_set_even_without_an_activated_venv(tmp_path):
     """Telemetry off, the op cache inside the project, and this interpreter's tools (dvc, deepspeed,
-    ninja) first on PATH: a system ninja of another version rebuilt the op cache the venv's had built."""
+    ninja) first on PATH: a system ninja of another version rebuilt the op cache the venv's had built.
+    (The hooks and the entry points call ``apply_project_environment``.)"""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
-    script = ("import json, os, shutil, smpo_pipeline; print(json.dumps({k: os.environ.get(k) for k in "
+    script = ("import json, os, shutil; from smpo_pipeline.runtime import apply_project_environment as apply; apply()\n"
+              "print(json.dumps({k: os.environ.get(k) for k in "
               "('DO_NOT_TRACK', 'KEDRO_DISABLE_TELEMETRY', 'DVC_NO_ANALYTICS', 'GX_ANALYTICS_ENABLED', "
               "'HF_HUB_OFFLINE', 'TORCH_EXTENSIONS_DIR')} | {'ninja': shutil.which('ninja'), 'dvc': shutil.which('dvc')}))")
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,

@@ -193,7 +193,7 @@ def test_a_corrupted_shard_is_detected_and_only_its_entries_are_rebuilt(pipe, tm
 KILLED_BUILD = """
 import os, signal, sys, pickle
 from pathlib import Path
-import smpo_pipeline
+from smpo_pipeline.runtime import apply_project_environment; apply_project_environment()
 from diffusers import StableDiffusionXLPipeline
 from smpo_pipeline.inversion import InversionConfig
 from smpo_pipeline.training_cache import build_cache

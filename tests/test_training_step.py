@@ -203,7 +203,7 @@ RESUMABLE_RUN = """
 import json, os, signal, sys
 from pathlib import Path
 import pandas as pd
-import smpo_pipeline
+from smpo_pipeline.runtime import apply_project_environment; apply_project_environment()
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from smpo_pipeline.inversion import InversionConfig
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE

@@ -7,8 +7,11 @@ from typing import Any
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
+from smpo_pipeline.runtime import apply_project_environment
+
 
 def main(*args, **kwargs) -> Any:
+    apply_project_environment()
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     kwargs["standalone_mode"] = not hasattr(sys, "ps1")

@@ -277,7 +277,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import pyarrow.parquet as pq
 
-    import smpo_pipeline  # noqa: F401 - project environment
+    from smpo_pipeline.runtime import apply_project_environment
+
+    apply_project_environment()  # before diffusers imports huggingface_hub
     from diffusers import StableDiffusionXLPipeline
 
     parser = argparse.ArgumentParser(description=main.__doc__)

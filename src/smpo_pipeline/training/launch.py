@@ -22,7 +22,9 @@ def main(spec_path: str) -> None:
     import pandas as pd
     import torch
 
-    import smpo_pipeline  # noqa: F401 - project environment
+    from smpo_pipeline.runtime import apply_project_environment
+
+    apply_project_environment()  # before diffusers imports huggingface_hub
     from diffusers import DDPMScheduler, StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
