@@ -63,13 +63,22 @@ def test_random_noise_is_shared_within_a_pair(setup):
 
 def test_online_inversion_by_an_unchanged_policy_equals_the_cached_trajectory(setup):
     unet, batch, scheduler, alphas = setup
-    policy, reference = copy.deepcopy(unet), copy.deepcopy(unet).requires_grad_(False)
     t = torch.tensor([50, 420, 930])
-    cached, _ = preference_loss(policy, reference, batch, t, "smpo", 5000.0, 10.0, "cached", alphas, None, scheduler, InversionConfig())
-    online, _ = preference_loss(policy, reference, batch, t, "smpo", 5000.0, 10.0, "online", alphas, None, scheduler, InversionConfig())
-    assert torch.allclose(cached, online, atol=1e-5)
-    # policy == reference: the DPO sigmoid sits at 0, loss log 2, whatever the noise.
-    assert cached.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
+    cached = noisy_inputs(batch, t, "cached", alphas, None, scheduler)
+    online = noisy_inputs(batch, t, "online", alphas, None, scheduler, unet, InversionConfig())
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cached, online, strict=True))
+    random_noise = noisy_inputs(batch, t, "none", alphas, torch.Generator().manual_seed(0))
+    assert not torch.allclose(cached[1], random_noise[1], atol=1e-2)  # the inverted noise is not random noise
+    # With a reference that differs from the policy the loss is not log 2 whatever the noise, and it
+    # is the same whichever way the trajectory was obtained.
+    reference = copy.deepcopy(unet).requires_grad_(False)
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())))
+    losses = [preference_loss(copy.deepcopy(unet), reference, batch, t, "smpo", 5000.0, 10.0, mode, alphas, None,
+                              scheduler, InversionConfig())[0] for mode in ("cached", "online")]
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    assert abs(losses[0].item() - torch.log(torch.tensor(2.0)).item()) > 1e-3
 
 
 def test_a_step_moves_the_policy_and_never_the_reference(setup):

@@ -25,7 +25,7 @@ def test_data_pipeline_through_kedro(tmp_path, broken_shard):
     write_shard(raw / "shard-1.parquet", valid_rows(30, seed=9, start=100))
     run_kedro(project, ["data"])
     report = json.loads((project / "reports/data_validation.json").read_text())
-    assert report["input_rows"] == len(rows) + 30 and report["rows_accounted"]
+    assert report["input_rows"] == len(rows) + 30 and report["written"] == {"pairs": report["valid"], "quarantine": 12}
     assert report["valid"] + report["dropped_ties"] + report["dropped_identical"] + report["quarantined"] == len(rows) + 30
     quarantine = pq.read_table(project / "data/02_intermediate/quarantine.parquet")
     assert quarantine.num_rows == report["quarantined"] == 12

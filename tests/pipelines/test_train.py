@@ -84,9 +84,15 @@ def test_a_rerun_with_the_same_settings_resumes_from_the_finished_checkpoint(tra
 @pytest.mark.slow
 def test_the_node_launches_ranks_with_the_deepspeed_launcher(trained_project, tmp_path):
     """`train.launcher: deepspeed` (what a multi-node hostfile run uses), here on one machine. (The
-    default launcher, torchrun, runs the same entry point in test_training_step.py.)"""
-    two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["dpo"],
-                                            "launcher": "deepspeed", "launch_dir": str(tmp_path)}}
+    default launcher, torchrun, runs the same entry point in test_training_step.py.) On a copy of the
+    project: the other tests share it."""
+    import shutil
+
+    trained_project = shutil.copytree(trained_project, tmp_path / "project", symlinks=True)
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["dpo"], "seeds": [0],
+                                            "launcher": "deepspeed", "launch_dir": str(launch)}}
     run_kedro(trained_project, ["train"], two)
     summary = json.loads((trained_project / "reports/training/dpo.json").read_text())
     assert summary["processes"] == 2 and summary["steps_run_now"] == 2
@@ -96,7 +102,7 @@ def test_the_node_launches_ranks_with_the_deepspeed_launcher(trained_project, tm
     assert [p.name for p in (trained_project / "data/06_models/smpo").iterdir()] == ["not_trained.json"]
     assert set(json.loads((trained_project / "reports/evaluation.json").read_text())["model_fingerprints"]) \
         == {"base", "dpo"}
-    assert list(tmp_path.iterdir()) == []  # the launch directory is cleaned up
+    assert list(launch.iterdir()) == []  # the launch directory is cleaned up
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     ``train.seeds``, reading latents, embeddings and (SmPO, cached) trajectories from the cache.
     Returns the full SDXL pipeline trained with the first seed (LoRA merged), the UNets of the other
     seeds (replicas, for the evaluation's intervals), and a summary of the runs; per-step metrics go
-    to dvclive under ``reports/training/<objective>/`` (``seed-<k>/`` for the other seeds). An
+    to dvclive under ``reports/training/<objective>/`` (``<objective>_seed-<k>/`` for the other seeds). An
     objective that ``train.objectives`` leaves out returns a ``NotTrained`` marker and no replicas."""
     from smpo_pipeline.datasets import NotTrained
 
@@ -141,7 +141,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     records = []
     if train.num_processes > 1:
         records, policy = _train_in_processes(objective, base_model, pairs, experts, config, inversion, train, cache)
-    live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"/seed-{seed}")
+    live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"_seed-{seed}")
     with Live(dir=live_dir, resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def log_step(record: dict) -> None:
             for name, value in record.items():
