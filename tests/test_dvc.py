@@ -75,6 +75,15 @@ def test_dvc_repro_runs_everything_then_nothing_then_only_what_beta_changes(repo
     again = _sh(repo, "dvc", "repro")
     assert _ran(again) == [] and "up to date" in again, again[-2000:]
 
+    # A module train reads only through other modules: DVC sees the change (tests/test_dvc_deps.py
+    # keeps every stage's deps complete); reverted, so the experiment below starts from a clean tree.
+    module = repo / "src/smpo_pipeline/models/tiny_sdxl.py"
+    original = module.read_text()
+    module.write_text(original + "\n# touched\n")
+    status = _sh(repo, "dvc", "status")
+    assert "train:" in status and "evaluate:" in status and "data:" not in status, status
+    module.write_text(original)
+
     changed = _sh(repo, "dvc", "exp", "run", "-S", "conf/base/parameters_train.yml:train.beta.dpo=2500")
     assert _ran(changed) == ["train", "evaluate"], changed[-3000:]
 

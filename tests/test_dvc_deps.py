@@ -1,0 +1,89 @@
+"""dvc.yaml cannot drift from the code: every module a stage's nodes import (directly or through
+other project modules, imports inside functions included), every project dataset class its catalog
+entries use, and every parameter section its nodes read is declared in that stage's deps / params."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PROJECT_ROOT
+
+SRC = PROJECT_ROOT / "src"
+DVC = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+CATALOG = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())
+
+
+def _module_file(name: str) -> Path | None:
+    base = SRC / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return {n for n in names if n.startswith("smpo_pipeline") and _module_file(n)}
+
+
+def _closure(start: list[Path]) -> set[Path]:
+    seen, todo = set(), list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo += [_module_file(name) for name in _imports(path)]
+        # A package's __init__ runs before any of its modules.
+        for parent in path.relative_to(SRC).parents:
+            init = SRC / parent / "__init__.py"
+            if parent != Path(".") and init.is_file():
+                todo.append(init)
+    return seen
+
+
+def _covered(path: Path, deps: list[str]) -> bool:
+    rel = path.relative_to(PROJECT_ROOT)
+    return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
+
+
+def _pipeline(stage: str):
+    import importlib
+
+    return importlib.import_module(f"smpo_pipeline.pipelines.{stage}.pipeline").create_pipeline()
+
+
+def _catalog_type(dataset: str) -> str | None:
+    for pattern, entry in CATALOG.items():
+        if re.fullmatch(re.sub(r"\{[^}]+\}", ".+", pattern), dataset):
+            return entry.get("type")
+    return None
+
+
+@pytest.mark.parametrize("stage", list(DVC))
+def test_a_stage_declares_every_module_and_parameter_section_it_reads(stage):
+    spec = DVC[stage]
+    deps = [d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])]
+    pipeline = _pipeline(stage)
+    files = [SRC / "smpo_pipeline/pipelines" / stage / name for name in ("__init__.py", "nodes.py", "pipeline.py")]
+    for dataset in pipeline.datasets():
+        kind = _catalog_type(dataset) or ""
+        if kind.startswith("smpo_pipeline."):
+            files.append(_module_file(kind.rsplit(".", 1)[0]))
+    missing = sorted(str(p.relative_to(PROJECT_ROOT)) for p in _closure(files) if not _covered(p, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} reads modules it does not declare in deps: {missing}"
+
+    declared = {section for entry in spec.get("params", []) for sections in entry.values() for section in sections}
+    read = {name.split(":", 1)[1].split(".")[0] for name in pipeline.inputs() if name.startswith("params:")}
+    assert read <= declared, f"dvc.yaml stage {stage!r} reads parameter sections it does not declare: {sorted(read - declared)}"
