@@ -124,7 +124,7 @@ REDUCED = {
     "pairs": {"steps": 2, "rows_per_shard": 5, "candidates_per_prompt": 3, "pairs_per_prompt": 2},
 }
 CHAIN = REDUCED | {
-    "cache": {"batch_size": 8, "inversion": {"num_steps": 5}},
+    "cache": {"batch_size": 8, "trajectories": True, "inversion": {"num_steps": 5}},
     "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "inversion": "cached", "seeds": [0, 1],
               "evaluation": {"steps": 2, "seeds_per_prompt": 1, "max_prompts": 16}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
     "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
