@@ -30,7 +30,8 @@ def _load_chain(overrides: dict):
     with KedroSession.create(project_path=Path.cwd(), runtime_params=overrides) as session:
         context = session.load_context()
         catalog = context.catalog
-        params = context.params
+        # Kedro hands parameters that nodes type as pydantic models over as those models.
+        params = {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in context.params.items()}
         return ({name: catalog.load(name) for name in ("preference_pairs", "base_model", "cache_report",
                                                         "prompts_validation")}, params)
 
