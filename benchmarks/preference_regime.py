@@ -14,6 +14,7 @@ Validation prompts only: the test prompts are never looked at. The sweep files u
 from __future__ import annotations
 
 import argparse
+import hashlib
 import copy
 from dataclasses import replace
 import json
@@ -113,6 +114,16 @@ def main() -> None:
     args = parser.parse_args()
     sweep = yaml.safe_load(Path(args.sweep).read_text())
     chain, params = _load_chain({})
+    # Reuse of earlier runs is keyed by what they depend on besides their configuration: the base
+    # model's weights, every value of the pairs, the prompts and the evaluation schedule.
+    from smpo_pipeline.checksums import frame_digest
+    from smpo_pipeline.models.sampling import model_fingerprint
+
+    pairs = chain["preference_pairs"]
+    context = hashlib.sha256(json.dumps([
+        model_fingerprint(chain["base_model"]), frame_digest(pairs, list(pairs.columns.drop(["is_tie"], errors="ignore"))),
+        sweep.get("prompts", 96), sweep.get("every", 50), params["train"]["evaluation"],
+    ], default=str).encode()).hexdigest()[:16]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / f"{sweep['name']}.json"
@@ -123,14 +134,18 @@ def main() -> None:
             continue
         for seed in args.seeds:
             key = f"{config['name']}/seed-{seed}"
-            if results.get(key, {}).get("config") == config:
-                continue  # done with exactly this configuration
+            if results.get(key, {}).get("config") == config and results[key].get("context") == context:
+                continue  # done with exactly this configuration, base model, pairs and prompts
             result = run(config, seed, chain, params, sweep.get("prompts", 96), sweep.get("every", 50))
-            results[key] = {"config": config, "seed": seed} | result
+            results[key] = {"config": config, "seed": seed, "context": context} | result
             results_path.write_text(json.dumps(results, indent=1))
             first, last = result["curve"][0]["validation_reward"], result["curve"][-1]["validation_reward"]
             print(f"{key}: validation reward {last:.4f} ({result['seconds']:.0f} s, implicit accuracy "
                   f"{result['implicit_accuracy']:.2f}; first point {first:.4f})", flush=True)
+    summary_path = out / f"{sweep['name']}_summary.json"
+    earlier = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if earlier.get("context") == context:  # the base model's reward on these prompts, measured before
+        base_reward = earlier["base_reward"]
     if base_reward is None:
         from smpo_pipeline.models.sampling import SamplingProtocol
         from smpo_pipeline.pipelines.train.nodes import oracle_rewards
@@ -144,7 +159,7 @@ def main() -> None:
     print(f"{'configuration':<28} {'seeds':>5} {'gain':>8} {'± s.e.':>7} {'impl. acc.':>10} {'s/run':>6}")
     summary = {}
     for config in sweep["configs"]:
-        runs = [v for k, v in results.items() if k.split("/")[0] == config["name"]]
+        runs = [v for k, v in results.items() if k.split("/")[0] == config["name"] and v.get("context") == context]
         if not runs:
             continue
         gains = np.array([r["curve"][-1]["validation_reward"] - base_reward for r in runs])
@@ -152,11 +167,11 @@ def main() -> None:
         summary[config["name"]] = {"gain": float(gains.mean()), "standard_error": float(se), "seeds": len(gains)}
         print(f"{config['name']:<28} {len(gains):>5} {gains.mean():>+8.4f} {se:>7.4f} "
               f"{np.mean([r['implicit_accuracy'] for r in runs]):>10.2f} {np.mean([r['seconds'] for r in runs]):>6.0f}")
-    (out / f"{sweep['name']}_summary.json").write_text(json.dumps({"base_reward": base_reward} | summary, indent=1))
-    _plot(sweep, results, base_reward, out / f"{sweep['name']}.png")
+    summary_path.write_text(json.dumps({"base_reward": base_reward, "context": context} | summary, indent=1))
+    _plot(sweep, results, base_reward, context, out / f"{sweep['name']}.png")
 
 
-def _plot(sweep: dict, results: dict, base_reward: float, path: Path) -> None:
+def _plot(sweep: dict, results: dict, base_reward: float, context: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,13 +180,14 @@ def _plot(sweep: dict, results: dict, base_reward: float, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for config in sweep["configs"]:
-        runs = [v["curve"] for k, v in results.items() if k.split("/")[0] == config["name"]]
+        runs = [v["curve"] for k, v in results.items() if k.split("/")[0] == config["name"] and v.get("context") == context]
         if not runs:
             continue
         n = min(len(c) for c in runs)
-        reward = np.array([[p["validation_reward"] - base_reward for p in c[:n]] for c in runs])
+        # Every run starts from the base model: gain 0 at step 0.
+        reward = np.array([[0.0] + [p["validation_reward"] - base_reward for p in c[:n]] for c in runs])
         for ax, key in zip(axes, ("step", "cpu_seconds"), strict=True):
-            x = np.mean([[p[key] for p in c[:n]] for c in runs], axis=0)
+            x = np.mean([[0.0] + [p[key] for p in c[:n]] for c in runs], axis=0)
             line = ax.plot(x, reward.mean(0), marker="o", ms=3, label=f"{config['name']} ({len(runs)})")[0]
             ax.fill_between(x, reward.min(0), reward.max(0), color=line.get_color(), alpha=0.15)
     axes[0].set(xlabel="optimiser step", ylabel="validation reward − base", title=sweep["name"])

@@ -136,7 +136,7 @@ def test_the_evaluate_hook_sees_the_policy_on_schedule_and_timesteps_stay_in_the
     config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="none", steps=5, batch_size=4,
                          learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0,
                          timestep_range=(600, 700), evaluate_every=2)
-    train_preference(pipe.unet, CachedPairs(pairs, reader, prints), config, InversionConfig(5, 1),
+    train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(5, 1),
                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r), evaluate=evaluate)
     timesteps = torch.cat(drawn)
     assert timesteps.min() >= 600 and timesteps.max() < 700 and len(timesteps.unique()) > 5

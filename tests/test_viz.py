@@ -30,7 +30,9 @@ def test_viz_build_holds_every_pipeline_with_layers(viz_build):
     assert (viz_build / "index.html").is_file()
     main = json.loads((viz_build / "api/main").read_text())
     names = {n["name"] for n in main["nodes"]}
-    assert {"train_smpo", "train_dro", "summarize_evaluation", "split_prompt_sets"} <= names
+    # api/main is the default pipeline: the chain from the shipped raw inputs (the bootstrap is its own).
+    assert {"validate_raw_shards", "train_smpo", "train_dro", "summarize_evaluation", "measure_attributes"} <= names
+    assert "split_prompt_sets" not in names
     # Layers are ordered along the flow (a dataset whose layer broke the order would empty this list).
     assert main["layers"][0] == "raw" and main["layers"][-1] == "reporting" and "models" in main["layers"]
     assert {p["id"] for p in main["pipelines"]} >= {"bootstrap", "data", "train", "evaluate", "tune"}

@@ -74,7 +74,7 @@ class Fingerprints:
         return _key("text", caption, self.text, self.resolution)
 
     def trajectory_key(self, image_uid: str, caption: str) -> str:
-        return _key("traj", image_uid, caption, self.unet, self.vae, self.text, asdict(self.inversion))
+        return _key("traj", image_uid, caption, self.unet, self.vae, self.text, self.resolution, asdict(self.inversion))
 
 
 class ShardedCache:

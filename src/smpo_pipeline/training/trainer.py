@@ -85,6 +85,8 @@ class TrainConfig:
 class CachedPairs:
     """Training pairs whose tensors come from the cache (``PairBatch`` per list of rows)."""
 
+    COLUMNS = ("image_w_uid", "image_l_uid", "caption", "p")  # every value a training run reads from the pairs
+
     def __init__(self, pairs, reader: CacheReader, prints: Fingerprints, with_trajectories: bool) -> None:
         self.pairs = pairs.reset_index(drop=True)
         self.reader, self.prints, self.with_trajectories = reader, prints, with_trajectories

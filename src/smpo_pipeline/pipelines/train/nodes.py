@@ -125,7 +125,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     # trajectories, and every value it reads from the pairs (a new τ, order or reward model changes
     # p or the winners) — so a re-run with the same inputs resumes (or finds the run finished) and
     # any change starts afresh.
-    read = ["pair_id", "image_w_uid", "image_l_uid", "caption", "p"] + (["r_w", "r_l"] if objective == "dro" else [])
+    read = [*CachedPairs.COLUMNS] + (["r_w", "r_l"] if objective == "dro" else [])
     run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet, prints.vae, prints.text,
                                         asdict(inversion) if noise == "cached" else None, train.num_processes,
                                         frame_digest(pairs, read)], default=str).encode()).hexdigest()[:12]
@@ -138,7 +138,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     log.info("%s (seed %d): %s run %s, %d of %d steps done", objective, seed,
              {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done_steps,
              train.steps)
-    records = []
+    records, start = [], None
     if train.num_processes > 1:
         records, policy = _train_in_processes(objective, base_model, pairs, experts, config, inversion, train, cache)
     live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"_seed-{seed}")

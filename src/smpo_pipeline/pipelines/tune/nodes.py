@@ -16,9 +16,10 @@ import copy
 import hashlib
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from smpo_pipeline.checksums import frame_digest
 from smpo_pipeline.params import CacheParams, TrainParams, TuneParams, WorldParams
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,11 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
         gamma = trial.suggest_float("gamma", tune.gamma.low, tune.gamma.high, log=tune.gamma.log) if tune.gamma else train.gamma
         data = CachedPairs(pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, tau)), reader, prints,
                            base_config.inversion == "cached")
-        key = hashlib.sha256(json.dumps([beta, tau, gamma, tune.steps, prints.unet, base_config.seed]).encode()).hexdigest()[:12]
+        # A trial's checkpoints are reused only by a trial that would train exactly the same: its
+        # β, τ, γ, every other training setting, the base model and every value of the pairs.
+        key = hashlib.sha256(json.dumps([beta, tau, gamma, tune.steps, asdict(base_config), prints.unet, prints.vae,
+                                         prints.text, frame_digest(data.pairs, CachedPairs.COLUMNS)],
+                                        default=str).encode()).hexdigest()[:12]
         config = replace(base_config, beta=beta, gamma=gamma, checkpoint_dir=str(Path(tune.trial_root) / tune.study_name / key),
                          checkpoint_every=tune.report_every, keep_last=1)
         reward = float("nan")
