@@ -37,6 +37,31 @@ def _load_chain(overrides: dict):
                                                         "prompts_validation")}, params)
 
 
+def merged_train(params: dict, config: dict):
+    """The ``train`` parameters with a configuration's overrides, validated (plain PyTorch)."""
+    from smpo_pipeline.params import TrainParams
+
+    def merge(base: dict, extra: dict) -> dict:
+        return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in extra.items()}}
+
+    return TrainParams.model_validate(merge(params["train"], config.get("train", {})) | {"deepspeed_config": None})
+
+
+def run_context(chain: dict, params: dict, sweep: dict) -> str:
+    """What a sweep's runs depend on besides their configuration: the base model's weights, every
+    value of the pairs, the prompts and the evaluation schedule. Earlier runs are reused only under
+    the same context."""
+    from smpo_pipeline.checksums import frame_digest
+    from smpo_pipeline.models.sampling import model_fingerprint
+
+    pairs = chain["preference_pairs"]
+    return hashlib.sha256(json.dumps([
+        model_fingerprint(chain["base_model"]), frame_digest(pairs, list(pairs.columns)),
+        sweep.get("prompts", 96), sweep.get("every", 50),
+        {k: params["train"]["evaluation"][k] for k in ("steps", "guidance_scale")},  # the sampling protocol
+    ], default=str).encode()).hexdigest()[:16]
+
+
 def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every: int) -> dict:
     import numpy as np
     from diffusers import DDPMScheduler
@@ -44,16 +69,13 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.params import CacheParams, TrainParams
+    from smpo_pipeline.params import CacheParams
     from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
     from smpo_pipeline.smoothing import preference_probability
     from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
-    def merge(base: dict, extra: dict) -> dict:
-        return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in extra.items()}}
-
-    train = TrainParams.model_validate(merge(params["train"], config.get("train", {})) | {"deepspeed_config": None})
+    train = merged_train(params, config)
     cache = CacheParams.model_validate(params["cache"])
     objective = config["objective"]
     base = chain["base_model"]
@@ -114,16 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     sweep = yaml.safe_load(Path(args.sweep).read_text())
     chain, params = _load_chain({})
-    # Reuse of earlier runs is keyed by what they depend on besides their configuration: the base
-    # model's weights, every value of the pairs, the prompts and the evaluation schedule.
-    from smpo_pipeline.checksums import frame_digest
-    from smpo_pipeline.models.sampling import model_fingerprint
-
-    pairs = chain["preference_pairs"]
-    context = hashlib.sha256(json.dumps([
-        model_fingerprint(chain["base_model"]), frame_digest(pairs, list(pairs.columns.drop(["is_tie"], errors="ignore"))),
-        sweep.get("prompts", 96), sweep.get("every", 50), params["train"]["evaluation"],
-    ], default=str).encode()).hexdigest()[:16]
+    context = run_context(chain, params, sweep)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / f"{sweep['name']}.json"
@@ -134,10 +147,12 @@ def main() -> None:
             continue
         for seed in args.seeds:
             key = f"{config['name']}/seed-{seed}"
-            if results.get(key, {}).get("config") == config and results[key].get("context") == context:
-                continue  # done with exactly this configuration, base model, pairs and prompts
+            settings = merged_train(params, config).model_dump(mode="json", exclude={"evaluation"})
+            done = results.get(key, {})
+            if done.get("settings") == settings and done.get("config") == config and done.get("context") == context:
+                continue  # done with exactly these settings, base model, pairs and prompts
             result = run(config, seed, chain, params, sweep.get("prompts", 96), sweep.get("every", 50))
-            results[key] = {"config": config, "seed": seed, "context": context} | result
+            results[key] = {"config": config, "settings": settings, "seed": seed, "context": context} | result
             results_path.write_text(json.dumps(results, indent=1))
             first, last = result["curve"][0]["validation_reward"], result["curve"][-1]["validation_reward"]
             print(f"{key}: validation reward {last:.4f} ({result['seconds']:.0f} s, implicit accuracy "
