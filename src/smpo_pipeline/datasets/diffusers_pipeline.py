@@ -16,6 +16,7 @@ import importlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,21 @@ from kedro.io import AbstractDataset, DatasetError
 
 
 NOT_TRAINED = "not_trained.json"
+
+
+def replace_directory(path: Path, write: Callable[[Path], object]) -> None:
+    """Replace the directory ``path`` atomically with what ``write(tmp)`` puts in a fresh sibling:
+    an interrupted save never leaves a half-written directory where a later stage would load it."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -77,19 +93,10 @@ class DiffusersPipelineDataset(AbstractDataset):
     def save(self, data) -> None:
         if self._is_hub_id():
             raise DatasetError(f"{self._source} is a hub id: give a local directory to save to")
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(data, NotTrained):
-            tmp.mkdir(parents=True)
-            (tmp / NOT_TRAINED).write_text(json.dumps(asdict(data), indent=2) + "\n")
+            replace_directory(self._path, lambda tmp: (tmp / NOT_TRAINED).write_text(json.dumps(asdict(data), indent=2) + "\n"))
         else:
-            data.save_pretrained(tmp, safe_serialization=True)
-        old = self._path.with_name(self._path.name + ".old")
-        if self._path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            self._path.rename(old)
-        tmp.rename(self._path)
-        shutil.rmtree(old, ignore_errors=True)
+            replace_directory(self._path, lambda tmp: data.save_pretrained(tmp, safe_serialization=True))
 
     def _exists(self) -> bool:
         return self._is_hub_id() or any((self._path / f).is_file() for f in ("model_index.json", NOT_TRAINED))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
+
+from smpo_pipeline.datasets.diffusers_pipeline import replace_directory
 
 _SEED_DIR = re.compile(r"^seed-(-?\d+)$")
 
@@ -40,19 +41,13 @@ class UNetReplicasDataset(AbstractDataset):
         return replicas
 
     def save(self, data: dict[int, Any]) -> None:
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for seed, unet in data.items():
-            unet.save_pretrained(tmp / f"seed-{int(seed)}", safe_serialization=True)
-        # Always one file, so that an objective trained with one seed still has an output (DVC).
-        (tmp / "replicas.json").write_text(json.dumps({"seeds": sorted(int(s) for s in data)}) + "\n")
-        old = self._path.with_name(self._path.name + ".old")
-        if self._path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            self._path.rename(old)
-        tmp.rename(self._path)
-        shutil.rmtree(old, ignore_errors=True)
+        def write(tmp: Path) -> None:
+            for seed, unet in data.items():
+                unet.save_pretrained(tmp / f"seed-{int(seed)}", safe_serialization=True)
+            # Always one file, so that an objective trained with one seed still has an output (DVC).
+            (tmp / "replicas.json").write_text(json.dumps({"seeds": sorted(int(s) for s in data)}) + "\n")
+
+        replace_directory(self._path, write)
 
     def _exists(self) -> bool:
         return self._path.is_dir()
