@@ -152,6 +152,36 @@ def test_cache_builds_once_and_stores_what_training_needs(pipe, tmp_path):
     assert summary["built_with"][0]["inversion"] == {"num_steps": 10, "renoise_iterations": 1, "guidance_scale": 1.0}
 
 
+def test_training_reads_a_fresh_posterior_sample_of_each_latent_and_the_mean_for_cached_trajectories(pipe, tmp_path):
+    """The base was pretrained on VAE posterior samples; training on the posterior mean instead
+    lowers its reward (docs/regime.md). So the cache keeps mean and std and training draws anew."""
+    import pandas as pd
+
+    from smpo_pipeline.training.trainer import CachedPairs
+
+    rng = np.random.default_rng(1)
+    first = _items(2)
+    items = first + [(f"{u}-other", c, jpeg_bytes(render(c, rng=rng))) for u, c, _ in first]  # same prompts
+    config = InversionConfig(10, 1)
+    build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False)
+    prints = Fingerprints.of(pipe, config)
+    uids = [u for u, _, _ in items]
+    reader = CacheReader(tmp_path)
+    std = torch.stack([reader.get(prints.latent_key(u), "latent_std") for u in uids])
+    assert std.shape == (4, 4, 16, 16) and bool((std > 0).all())
+    pairs = pd.DataFrame({"image_w_uid": uids[:2], "image_l_uid": uids[2:], "caption": [items[0][1], items[1][1]],
+                          "p": [0.7, 0.6]})
+    data = CachedPairs(pairs, reader, prints, with_trajectories=False)
+    mean = data.batch([0, 1]).latents_w
+    draws = [data.batch([0, 1], torch.Generator().manual_seed(s)).latents_w for s in range(200)]
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.allclose(torch.stack(draws).mean(0), mean, atol=0.1)
+    assert torch.allclose(torch.stack(draws).std(0), std[:2], rtol=0.2)
+    # The cached ReNoise trajectories start at the mean: a pair that reads them keeps it.
+    cached = CachedPairs(pairs, reader, prints, with_trajectories=True)
+    assert torch.equal(cached.batch([0, 1], torch.Generator().manual_seed(0)).latents_w, mean)
+
+
 def test_a_cache_without_trajectories_serves_dpo_and_is_refused_for_cached_smpo(pipe, tmp_path):
     from smpo_pipeline.pipelines.train.nodes import _check_cache
 

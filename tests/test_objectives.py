@@ -62,3 +62,17 @@ def test_dro_equals_the_reference_formula():
 def test_sft_is_the_mean_mse():
     mse = _random(seed=4)[0]
     assert abs(sft_loss(mse)[0].item() - mse.mean().item()) < 1e-12
+
+
+def test_min_snr_weights_leave_high_noise_alone_and_shrink_low_noise_as_gamma_over_snr():
+    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
+    from smpo_pipeline.training.step import timestep_weights
+
+    alphas = build_training_scheduler().alphas_cumprod
+    t = torch.tensor([0, 50, 400, 999])
+    assert timestep_weights(t, alphas, None) is None  # plain MSE, as the official code
+    w = timestep_weights(t, alphas, 5.0)
+    snr = alphas[t] / (1 - alphas[t])
+    assert torch.allclose(w[snr > 5], 5.0 / snr[snr > 5])
+    assert torch.equal(w[snr <= 5], torch.ones_like(w[snr <= 5]))
+    assert bool((snr[:2] > 5).all()) and bool((snr[2:] <= 5).all())  # both branches are exercised

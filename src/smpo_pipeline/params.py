@@ -248,6 +248,10 @@ class TrainParams(_Section):
     dro: DROParams = DROParams()
     seeds: tuple[int, ...] = Field((0,), min_length=1)  # one run per seed: replicates for the evaluation's intervals
     timestep_range: tuple[int, int] = (0, 1000)  # pairs' timesteps drawn uniformly from [low, high)
+    # VAE latents: a fresh posterior sample every step (the official latent_dist.sample()) or the
+    # posterior mean (an ablation: the tiny base loses reward when fine-tuned on it, docs/regime.md)
+    latents: Literal["sample", "mean"] = "sample"
+    min_snr_gamma: PositiveFloat | None = None  # weight each sample's MSE by min(SNR, γ)/SNR; None: plain MSE
     deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
     zero_stage: Literal[0, 1, 2, 3] = 2
     num_processes: PositiveInt = 1  # > 1: launched as a subprocess, one rank each (the total world size)

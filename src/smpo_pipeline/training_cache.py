@@ -5,7 +5,10 @@ and, per rank, ``manifest.rank<r>.json``. A manifest lists every shard with its 
 sha256 and what it was built with; it is rewritten atomically after each shard, so the cache is
 always consistent on disk. Entry keys hash everything their value depends on:
 
-- ``latent/<h(image uid, VAE weights, resolution)>``         — ``latent`` [C, H, W] (posterior mode × scaling)
+- ``latent/<h(image uid, VAE weights, resolution, format)>`` — ``latent`` and ``latent_std`` [C, H, W]: the VAE
+  posterior's mean and standard deviation × scaling. Training draws ``mean + std · ε`` afresh at every
+  step, as the official DPO/SmPO code does with ``latent_dist.sample()`` (docs/regime.md: a tiny base
+  pretrained on posterior samples loses reward when fine-tuned on the mean)
 - ``text/<h(caption, text-encoder weights, resolution)>``    — ``prompt_embeds`` [L, D], ``pooled`` [P], ``time_ids`` [6]
 - ``traj/<h(image uid, caption, UNet, VAE and text weights,
   K, R, guidance)>``                                          — ``trajectory`` [K + 1, C, H, W]
@@ -33,6 +36,9 @@ from smpo_pipeline.checksums import file_sha256
 from smpo_pipeline.inversion import InversionConfig
 
 log = logging.getLogger(__name__)
+
+
+LATENT_FORMAT = "posterior-mean+std"  # what a latent entry holds; part of its key (older caches held the mode only)
 
 
 def module_fingerprint(module) -> str:
@@ -68,7 +74,7 @@ class Fingerprints:
         )
 
     def latent_key(self, image_uid: str) -> str:
-        return _key("latent", image_uid, self.vae, self.resolution)
+        return _key("latent", image_uid, self.vae, self.resolution, LATENT_FORMAT)
 
     def text_key(self, caption: str) -> str:
         return _key("text", caption, self.text, self.resolution)
@@ -246,9 +252,11 @@ def build_cache(
             pixels = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((resolution, resolution)))
                                for _, _, b in batch])
             pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-            x0 = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+            posterior = pipe.vae.encode(pixels).latent_dist
+            x0, x0_std = (v * pipe.vae.config.scaling_factor for v in (posterior.mean, posterior.std))
             embeds, pooled, tids = encode([c for _, c, _ in batch])
-            tensors = {prints.latent_key(uid): {"latent": x0[i].to(storage_dtype)} for i, (uid, _, _) in enumerate(batch)}
+            tensors = {prints.latent_key(uid): {"latent": x0[i].to(storage_dtype), "latent_std": x0_std[i].to(storage_dtype)}
+                       for i, (uid, _, _) in enumerate(batch)}
             if trajectories:
                 cond = {"prompt_embeds": embeds, "pooled": pooled, "time_ids": tids}
                 trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, inversion)  # [K+1, B, ...]

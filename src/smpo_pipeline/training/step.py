@@ -57,6 +57,18 @@ class DROBatch:
         return self.expert_latents.shape[0]
 
 
+def timestep_weights(timesteps, alphas_cumprod, min_snr_gamma: float | None) -> torch.Tensor | None:
+    """Min-SNR-γ weights min(SNR_t, γ)/SNR_t (Hang et al. 2023, eq. 9 for ε-prediction), or None for the
+    plain MSE the official preference code uses. A base pretrained with this weighting (the embedded
+    one is) learned little at low noise; the plain MSE's gradient is dominated by those timesteps, so
+    fine-tuning with it spends the update there (docs/regime.md)."""
+    if min_snr_gamma is None:
+        return None
+    a = alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = a / (1 - a)
+    return torch.clamp(snr, max=min_snr_gamma) / snr
+
+
 def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> torch.Tensor:
     dtype = unet_dtype(unet)
     pred = unet(x_t.to(dtype), timesteps, encoder_hidden_states=embeds.to(dtype),
@@ -89,16 +101,20 @@ def noisy_inputs(batch: PairBatch, timesteps, noise_mode: str, alphas_cumprod, g
 
 def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: str, beta: float, gamma: float,
                     noise_mode: str, alphas_cumprod, generator=None, inverse_scheduler=None,
-                    inversion: InversionConfig | None = None):
+                    inversion: InversionConfig | None = None, min_snr_gamma: float | None = None):
     """The DPO or SmPO loss of a batch (or ``sft``: the preferred images' denoising loss alone, the
     sanity baseline of ``benchmarks/preference_regime.py``), and its metrics. ``reference`` runs
     without gradients."""
     x_t, target = noisy_inputs(batch, timesteps, noise_mode, alphas_cumprod, generator, inverse_scheduler, policy, inversion)
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
     t2 = timesteps.repeat(2)
-    model_w, model_l = per_sample_mse(policy, x_t, t2, target, *cond).chunk(2)
+    weight = timestep_weights(t2, alphas_cumprod, min_snr_gamma)
+    model = per_sample_mse(policy, x_t, t2, target, *cond)
     with torch.no_grad():
-        ref_w, ref_l = per_sample_mse(reference, x_t, t2, target, *cond).chunk(2)
+        ref = per_sample_mse(reference, x_t, t2, target, *cond)
+    if weight is not None:
+        model, ref = model * weight, ref * weight
+    (model_w, model_l), (ref_w, ref_l) = model.chunk(2), ref.chunk(2)
     if objective == "dpo":
         return dpo_loss(model_w, model_l, ref_w, ref_l, beta)
     if objective == "sft":  # the sanity baseline: fit the preferred images alone (metrics as DPO's)
@@ -108,7 +124,8 @@ def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: s
     raise ValueError(f"unknown objective {objective!r}")
 
 
-def dro_batch_loss(policy, reference, batch: DROBatch, margin: float, alphas_cumprod, generator=None):
+def dro_batch_loss(policy, reference, batch: DROBatch, margin: float, alphas_cumprod, generator=None,
+                   min_snr_gamma: float | None = None):
     """Diffusion-DRO's hinge loss (``objectives.dro_loss``): expert images with fresh noise ε̄ at t,
     target ε̄; policy states x_t with the sampling network's own ε as target."""
     x0 = batch.expert_latents
@@ -118,7 +135,11 @@ def dro_batch_loss(policy, reference, batch: DROBatch, margin: float, alphas_cum
     target = torch.cat([noise, batch.policy_targets.to(x0)])
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
     t2 = batch.timesteps.repeat(2)
-    model_expert, model_policy = per_sample_mse(policy, x_t, t2, target, *cond).chunk(2)
+    weight = timestep_weights(t2, alphas_cumprod, min_snr_gamma)
+    model = per_sample_mse(policy, x_t, t2, target, *cond)
     with torch.no_grad():
-        ref_expert, ref_policy = per_sample_mse(reference, x_t, t2, target, *cond).chunk(2)
+        ref = per_sample_mse(reference, x_t, t2, target, *cond)
+    if weight is not None:
+        model, ref = model * weight, ref * weight
+    (model_expert, model_policy), (ref_expert, ref_policy) = model.chunk(2), ref.chunk(2)
     return dro_loss(model_expert, model_policy, ref_expert, ref_policy, margin)

@@ -74,6 +74,8 @@ class TrainConfig:
     lora_rank: int = 0  # 0: full fine-tune
     lora_alpha: float | None = None  # None: = rank
     timestep_range: tuple[int, int] = (0, 1000)  # pairs' t drawn uniformly from [low, high)
+    latents: str = "sample"  # sample: a fresh VAE posterior sample per step (official) | mean
+    min_snr_gamma: float | None = None  # per-sample MSE weighted by min(SNR, γ)/SNR; None: plain MSE (official)
     evaluate_every: int = 0  # call the evaluate hook every N steps and at the end (0: never)
     dro: DROConfig = field(default_factory=DROConfig)
 
@@ -94,18 +96,28 @@ class CachedPairs:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def latents(self, uids) -> torch.Tensor:
-        return torch.stack([self.reader.get(self.prints.latent_key(u), "latent").float() for u in uids])
+    def latents(self, uids, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The images' VAE latents: a fresh posterior sample ``mean + std · ε`` with ``generator``
+        (training, as the official code's ``latent_dist.sample()``), the posterior mean without."""
+        keys = [self.prints.latent_key(u) for u in uids]
+        mean = torch.stack([self.reader.get(k, "latent").float() for k in keys])
+        if generator is None:
+            return mean
+        std = torch.stack([self.reader.get(k, "latent_std").float() for k in keys])
+        return mean + std * torch.randn(mean.shape, generator=generator)
 
     def conditioning(self, captions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         keys = [self.prints.text_key(c) for c in captions]
         return tuple(torch.stack([self.reader.get(k, name).float() for k in keys])
                      for name in ("prompt_embeds", "pooled", "time_ids"))
 
-    def batch(self, rows) -> PairBatch:
+    def batch(self, rows, generator: torch.Generator | None = None) -> PairBatch:
+        """The pairs of ``rows``; with ``generator``, posterior samples of their latents, except with
+        cached trajectories, which were inverted from the posterior mean and must start from it."""
         sel = self.pairs.iloc[list(rows)]
-        batch = PairBatch(self.latents(sel.image_w_uid), self.latents(sel.image_l_uid), *self.conditioning(sel.caption),
-                          torch.tensor(sel.p.to_numpy(), dtype=torch.float32))
+        g = None if self.with_trajectories else generator
+        batch = PairBatch(self.latents(sel.image_w_uid, g), self.latents(sel.image_l_uid, g),
+                          *self.conditioning(sel.caption), torch.tensor(sel.p.to_numpy(), dtype=torch.float32))
         if self.with_trajectories:
             r, p = self.reader, self.prints
             batch.trajectory_w = torch.stack([r.get(p.trajectory_key(u, c), "trajectory").float()
@@ -121,9 +133,9 @@ class CachedExperts(CachedPairs):
     def __init__(self, experts, reader: CacheReader, prints: Fingerprints) -> None:
         super().__init__(experts, reader, prints, with_trajectories=False)
 
-    def experts(self, rows):
+    def experts(self, rows, generator: torch.Generator | None = None):
         sel = self.pairs.iloc[list(rows)]
-        return self.latents(sel.uid), self.conditioning(sel.caption)
+        return self.latents(sel.uid, generator), self.conditioning(sel.caption)
 
     @functools.cached_property
     def latent_shape(self) -> tuple[int, ...]:
@@ -294,20 +306,22 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
             sampler_net.load_state_dict(shared)
 
     def pair_loss():
-        batch = data.batch(rng.choice(len(data), config.batch_size, replace=len(data) < config.batch_size))
+        batch = data.batch(rng.choice(len(data), config.batch_size, replace=len(data) < config.batch_size),
+                           generator if config.latents == "sample" else None)
         drop = torch.rand(len(batch), generator=generator) < config.caption_dropout
         batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled, drop)
         timesteps = torch.randint(*config.timestep_range, (len(batch),), generator=generator)
         return preference_loss(trained, reference, batch, timesteps, config.objective, config.beta, config.gamma,
-                               config.inversion, alphas_cumprod, generator, scheduler, inversion)
+                               config.inversion, alphas_cumprod, generator, scheduler, inversion,
+                               config.min_snr_gamma)
 
     def dro_loss():
         x_t, timesteps, targets, rows = buffer.draw(config.batch_size, rng)
-        latents, (embeds, pooled, time_ids) = experts.experts(rows.tolist())
+        latents, (embeds, pooled, time_ids) = experts.experts(rows.tolist(), generator if config.latents == "sample" else None)
         drop = torch.rand(len(rows), generator=generator) < config.caption_dropout
         embeds, pooled = drop_captions(embeds, pooled, drop)
         return dro_batch_loss(trained, reference, DROBatch(latents, embeds, pooled, time_ids, x_t, timesteps, targets),
-                              config.dro.margin, alphas_cumprod, generator)
+                              config.dro.margin, alphas_cumprod, generator, config.min_snr_gamma)
 
     def refill_buffer(step: int) -> None:
         """DRO's online half: sample the current policy (M = 1) or its copy of ≤ M steps ago."""

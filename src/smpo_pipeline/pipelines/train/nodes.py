@@ -48,6 +48,7 @@ def _train_config(objective: str, train: TrainParams, noise: str, seed: int | No
         gradient_accumulation=train.gradient_accumulation, optimizer=train.optimizer, weight_decay=train.weight_decay,
         lr_schedule=train.lr_schedule, gradient_checkpointing=train.gradient_checkpointing, precision=train.precision,
         lora_rank=train.lora.rank, lora_alpha=train.lora.alpha, timestep_range=tuple(train.timestep_range),
+        min_snr_gamma=train.min_snr_gamma, latents=train.latents,
         dro=DROConfig(margin=d.margin, refresh_every=d.refresh_every, buffer_size=d.buffer_size,
                       sampler=SamplerConfig(steps=d.sampler_steps, guidance_scale=d.sampler_guidance, jitter=d.jitter)),
     )
