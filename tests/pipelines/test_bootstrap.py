@@ -54,6 +54,9 @@ def test_bootstrap_saves_a_loadable_base_model_and_a_report(bootstrapped):
     report = json.loads((bootstrapped / "reports/bootstrap.json").read_text())
     assert set(report["test_prompts"]["base_model"]["accuracy"]) == {"background", "color", "position", "size", "shape"}
     assert report["test_prompts"]["ideal_renders"]["accuracy"]["background"] == 1.0
+    # The VAE's round trip of the same renders: the ceiling of what the model can draw.
+    through = report["test_prompts"]["ideal_renders_through_vae"]["mean_oracle_reward"]
+    assert through < report["test_prompts"]["ideal_renders"]["mean_oracle_reward"]
     assert report["annotations"]["pairs"] == 24 and report["annotations"]["images"] == 36
     assert set(report["unet"]["caption_mistake_shares"]) == {"swap_colors", "position", "color", "shape", "size"}
     assert [point["step"] for point in report["unet"]["validation_curve"]] == [3]

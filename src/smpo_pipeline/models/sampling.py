@@ -69,6 +69,22 @@ def generate(
     return images
 
 
+def vae_round_trip(vae, images: Sequence, sample: bool = False) -> list:
+    """``images`` (PIL, RGB) encoded by ``vae`` and decoded again: the posterior mean, or a draw from
+    the posterior with ``sample``. What fine-tuning on re-encoded images can at best reproduce, and the
+    ceiling of anything the model draws (docs/regime.md)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    pixels = torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        posterior = vae.encode(pixels.float().div(127.5).sub(1.0)).latent_dist
+        decoded = vae.decode(posterior.sample() if sample else posterior.mean).sample
+    out = decoded.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in out]
+
+
 def model_fingerprint(pipe) -> str:
     """sha256 over every weight of the pipeline's UNet, VAE and text encoders."""
     import torch

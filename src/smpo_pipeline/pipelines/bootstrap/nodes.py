@@ -145,8 +145,9 @@ def attribute_accuracy(images, prompts: list[str]) -> dict[str, Any]:
 
 
 def measure_base_model(base_model_pipeline, prompts_test: list[str], world: WorldParams, base_model: BaseModelParams) -> dict:
-    """Attribute accuracy of the base model on the test prompts (20 steps), beside the ideal renders'."""
-    from smpo_pipeline.models.sampling import SamplingProtocol, generate
+    """Attribute accuracy of the base model on the test prompts (20 steps), beside the ideal renders'
+    and theirs after the VAE's round trip (the ceiling of what the model can draw through its VAE)."""
+    from smpo_pipeline.models.sampling import SamplingProtocol, generate, vae_round_trip
     from smpo_pipeline.world.render import render
 
     w, b = world, base_model
@@ -156,11 +157,12 @@ def measure_base_model(base_model_pipeline, prompts_test: list[str], world: Worl
     protocol = SamplingProtocol(e.steps, e.guidance_scale, w.resolution)
     images = generate(base_model_pipeline, prompts, seeds, protocol, e.batch_size, desc="base model on test prompts")
     rng = np.random.default_rng(w.seed)
-    ideal = attribute_accuracy([render(p, w.resolution, rng=rng) for p in prompts], prompts)
+    renders = [render(p, w.resolution, rng=rng) for p in prompts]
     report = {
         "protocol": protocol.__dict__ | {"prompt_set": "test", "seeds": f"0..{len(seeds) - 1}"},
         "base_model": attribute_accuracy(images, prompts),
-        "ideal_renders": ideal,
+        "ideal_renders": attribute_accuracy(renders, prompts),
+        "ideal_renders_through_vae": attribute_accuracy(vae_round_trip(base_model_pipeline.vae, renders), prompts),
     }
     log.info("Base model on the test prompts: %s", report["base_model"])
     return report
@@ -256,7 +258,9 @@ def write_bootstrap_report(vae_metrics: dict, unet_metrics: dict, base_model_acc
         "Base model on the test prompts (20 steps): "
         + ", ".join(f"{a} {acc[a]:.0%}" for a in ATTRIBUTES)
         + f"; mean shapes-oracle reward {base_model_accuracy['base_model']['mean_oracle_reward']:.3f}"
-        + f" (ideal renders {base_model_accuracy['ideal_renders']['mean_oracle_reward']:.3f})",
+        + f" (ideal renders {base_model_accuracy['ideal_renders']['mean_oracle_reward']:.3f}"
+        + (f", through the VAE {through['mean_oracle_reward']:.3f})"
+           if (through := base_model_accuracy.get("ideal_renders_through_vae")) else ")"),
         "Captions it was pretrained on, share with each mistake: "
         + ", ".join(f"{kind} {share:.0%}" for kind, share in shares.items())
         + " (" + ", ".join(f"{a} ← {c}" for a, c in cause.items()) + ")",
