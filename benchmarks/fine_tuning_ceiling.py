@@ -1,0 +1,140 @@
+"""What limits fine-tuning of the embedded base model, measured on validation prompts (docs/regime.md).
+
+1. The VAE's round trip: the mean shapes-oracle reward of ideal renders and of the base model's own
+   samples, as drawn and after encoding and decoding (posterior mean, posterior sample). Fine-tuning
+   on re-encoded images can at best reproduce the round trip.
+2. The upper bound of any fine-tuning in a budget: supervised fine-tuning on *ideal renders with
+   their true captions*, with the project's LoRA (``training.trainer.add_lora``) or the full UNet,
+   the latents drawn from the VAE posterior (``--latents sample``, as the pretraining) or its mean.
+   A preference objective should not be expected to beat perfect supervision on as many images.
+
+    .venv/bin/python benchmarks/fine_tuning_ceiling.py round-trip
+    .venv/bin/python benchmarks/fine_tuning_ceiling.py sft-on-renders --steps 150 --lora-rank 8 --lr 1e-3
+
+Validation prompts only (the first ``--prompts``, one image each, seeds 0…N−1, Euler 20 steps,
+guidance 3, as ``benchmarks/preference_regime.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+BASE = Path("data/01_raw/base_model")
+PROMPTS = Path("data/01_raw/prompts")
+
+
+def _prompts(name: str, n: int | None = None) -> list[str]:
+    lines = [p for p in (PROMPTS / f"{name}.txt").read_text().splitlines() if p]
+    return lines[:n] if n else lines
+
+
+def _reward(images, prompts) -> float:
+    import numpy as np
+
+    from smpo_pipeline.world.oracle import oracle_reward
+
+    return float(np.mean([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)]))
+
+
+def round_trip(pipe, prompts: list[str]) -> None:
+    import numpy as np
+
+    from smpo_pipeline.models.sampling import SamplingProtocol, generate, vae_round_trip
+    from smpo_pipeline.world.render import render
+
+    rng = np.random.default_rng(0)
+    sets = {
+        "ideal renders": [render(p, 32, rng=rng) for p in prompts],
+        "base-model samples": generate(pipe, prompts, list(range(len(prompts))), SamplingProtocol(20, 3.0, 32), 64,
+                                       progress=False),
+    }
+    print(f"{'images':<20} {'as drawn':>9} {'round trip (mean)':>18} {'(sample)':>9} {'kept':>6}")
+    for name, images in sets.items():
+        drawn = _reward(images, prompts)
+        mean = _reward(vae_round_trip(pipe.vae, images), prompts)
+        sample = _reward(vae_round_trip(pipe.vae, images, sample=True), prompts)
+        print(f"{name:<20} {drawn:>9.4f} {mean:>18.4f} {sample:>9.4f} {mean / drawn:>6.1%}")
+
+
+def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size: int, lr: float, lora_rank: int,
+                   latents: str, images: int) -> None:
+    import numpy as np
+    import torch
+
+    from smpo_pipeline.models.base_training import render_batch
+    from smpo_pipeline.models.conditioning import drop_captions, encode_prompts, time_ids
+    from smpo_pipeline.models.sampling import SamplingProtocol
+    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
+    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+    from smpo_pipeline.training.trainer import add_lora, merged_unet
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    captions = [str(c) for c in rng.choice(_prompts("train"), images)]
+    with torch.no_grad():
+        posterior = pipe.vae.encode(render_batch(captions, 32, rng)).latent_dist
+        mean, std = (v * pipe.vae.config.scaling_factor for v in (posterior.mean, posterior.std))
+        embeds, pooled = encode_prompts((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2),
+                                        captions)
+    alphas = build_training_scheduler().alphas_cumprod
+    unet = add_lora(copy.deepcopy(pipe.unet), lora_rank, None) if lora_rank else copy.deepcopy(pipe.unet)
+    unet.train()
+    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr)
+    protocol = SamplingProtocol(20, 3.0, 32)
+
+    def validation_reward() -> float:
+        trained = (merged_unet(unet) if lora_rank else copy.deepcopy(unet)).eval()
+        candidate = type(pipe)(**{**pipe.components, "unet": trained})
+        return float(oracle_rewards(candidate, prompts, list(range(len(prompts))), protocol, 64, progress=False).mean())
+
+    base = float(oracle_rewards(pipe, prompts, list(range(len(prompts))), protocol, 64, progress=False).mean())
+    print(f"base model: validation reward {base:.4f}")
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(rng.integers(0, images, batch_size))
+        x0 = mean[idx] + (std[idx] * torch.randn_like(std[idx]) if latents == "sample" else 0)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (batch_size,))
+        a = alphas[t].view(-1, 1, 1, 1)
+        e, p = drop_captions(embeds[idx], pooled[idx], torch.rand(batch_size) < 0.2)
+        pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=e,
+                    added_cond_kwargs={"text_embeds": p, "time_ids": time_ids(32, batch_size)}).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        if step % every == 0 or step == steps:
+            reward = validation_reward()
+            print(f"step {step:>4}: validation reward {reward:.4f} ({reward - base:+.4f} over the base)", flush=True)
+
+
+def main() -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from smpo_pipeline.runtime import apply_project_environment
+
+    apply_project_environment()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("measure", choices=["round-trip", "sft-on-renders"])
+    parser.add_argument("--prompts", type=int, default=96, help="the first N validation prompts")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--every", type=int, default=75)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lora-rank", type=int, default=8, help="0: the full UNet")
+    parser.add_argument("--latents", choices=["sample", "mean"], default="sample")
+    parser.add_argument("--images", type=int, default=4096, help="renders of training prompts to fine-tune on")
+    args = parser.parse_args()
+    pipe = StableDiffusionXLPipeline.from_pretrained(BASE)
+    prompts = _prompts("validation", args.prompts)
+    if args.measure == "round-trip":
+        round_trip(pipe, prompts)
+    else:
+        sft_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.lora_rank, args.latents,
+                       args.images)
+
+
+if __name__ == "__main__":
+    main()
