@@ -8,7 +8,12 @@
    the latents drawn from the VAE posterior (``--latents sample``, as the pretraining) or its mean.
    A preference objective should not be expected to beat perfect supervision on as many images.
 
+3. How the VAE's fidelity grows with training (``vae-training``): the bootstrap's VAE recipe
+   (``conf/base/parameters_bootstrap.yml``) trained from scratch for ``--steps``, with the PSNR, the
+   posterior's width and the reward of round-tripped renders every ``--every`` steps.
+
     .venv/bin/python benchmarks/fine_tuning_ceiling.py round-trip
+    .venv/bin/python benchmarks/fine_tuning_ceiling.py vae-training --steps 600 --every 150
     .venv/bin/python benchmarks/fine_tuning_ceiling.py sft-on-renders --steps 150 --lora-rank 8 --lr 1e-3
 
 Validation prompts only (the first ``--prompts``, one image each, seeds 0…N−1, Euler 20 steps,
@@ -110,6 +115,50 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
             print(f"step {step:>4}: validation reward {reward:.4f} ({reward - base:+.4f} over the base)", flush=True)
 
 
+def vae_training(prompts: list[str], steps: int, every: int) -> None:
+    import math
+
+    import numpy as np
+    import torch
+    import yaml
+
+    from smpo_pipeline.models.base_training import render_batch
+    from smpo_pipeline.models.sampling import vae_round_trip
+    from smpo_pipeline.models.tiny_sdxl import build_vae
+    from smpo_pipeline.params import BaseModelParams, WorldParams
+    from smpo_pipeline.pipelines.bootstrap.nodes import _spec
+    from smpo_pipeline.world.render import render
+
+    conf = yaml.safe_load(Path("conf/base/parameters_bootstrap.yml").read_text())
+    world, base = WorldParams.model_validate(conf["world"]), BaseModelParams.model_validate(conf["base_model"])
+    v = base.vae
+    torch.manual_seed(base.seed)
+    rng = np.random.default_rng(base.seed)
+    vae = build_vae(_spec(world, base))
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=v.learning_rate)
+    renders = [render(p, world.resolution, rng=np.random.default_rng(1)) for p in prompts]
+    pixels = torch.from_numpy(np.stack([np.asarray(r) for r in renders])).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    train = _prompts("train")
+    print(f"{'step':>5} {'PSNR dB':>8} {'std/spread':>11} {'round-trip reward':>18}")
+    for step in range(1, steps + 1):
+        vae.train()
+        images = render_batch(rng.choice(train, v.batch_size), world.resolution, rng)
+        posterior = vae.encode(images).latent_dist
+        loss = torch.nn.functional.mse_loss(vae.decode(posterior.sample()).sample, images) \
+            + v.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % every == 0 or step == steps:
+            vae.eval()
+            with torch.no_grad():
+                held_out = vae.encode(pixels).latent_dist
+                mse = float((vae.decode(held_out.mean).sample.clamp(-1, 1) - pixels).pow(2).mean())
+            width = float((held_out.std / held_out.mean.std()).mean())
+            reward = _reward(vae_round_trip(vae, renders), prompts)
+            print(f"{step:>5} {10 * math.log10(4 / mse):>8.2f} {width:>11.3f} {reward:>18.4f}", flush=True)
+
+
 def main() -> None:
     from diffusers import StableDiffusionXLPipeline
 
@@ -117,7 +166,7 @@ def main() -> None:
 
     apply_project_environment()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("measure", choices=["round-trip", "sft-on-renders"])
+    parser.add_argument("measure", choices=["round-trip", "sft-on-renders", "vae-training"])
     parser.add_argument("--prompts", type=int, default=96, help="the first N validation prompts")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--every", type=int, default=75)
@@ -129,7 +178,9 @@ def main() -> None:
     args = parser.parse_args()
     pipe = StableDiffusionXLPipeline.from_pretrained(BASE)
     prompts = _prompts("validation", args.prompts)
-    if args.measure == "round-trip":
+    if args.measure == "vae-training":
+        vae_training(prompts, args.steps, args.every)
+    elif args.measure == "round-trip":
         round_trip(pipe, prompts)
     else:
         sft_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.lora_rank, args.latents,
