@@ -52,6 +52,7 @@ class VAETrainingParams(_Section):
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 1e-3
     kl_weight: float = Field(1e-6, ge=0)
+    cosine_decay: bool = False  # anneal the LR to 0: a sharper round trip for the same steps
 
 
 class UNetTrainingParams(_Section):

@@ -40,14 +40,19 @@ def train_vae(
     learning_rate: float,
     kl_weight: float,
     seed: int,
+    cosine_decay: bool = False,
 ) -> VAEResult:
     """MSE + ``kl_weight``·KL on fresh jittered renders; then set ``scaling_factor`` to 1/std of
-    the latents (pitfall 4: SD's 0.18215 belongs to SD's VAE, not ours)."""
+    the latents (pitfall 4: SD's 0.18215 belongs to SD's VAE, not ours). With ``cosine_decay`` the
+    LR is annealed to 0: the reconstruction keeps sharpening at the end instead of jittering around
+    its optimum, which is what the round trip's fidelity (docs/regime.md) depends on."""
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if cosine_decay else 1.0)
     vae.train()
     start = time.perf_counter()
     for _ in tqdm(range(steps), desc="VAE", unit="step", mininterval=2):
@@ -58,6 +63,7 @@ def train_vae(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
     seconds = time.perf_counter() - start
 
     vae.eval()

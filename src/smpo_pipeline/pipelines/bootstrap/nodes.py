@@ -64,7 +64,8 @@ def train_base_vae(prompts_train: list[str], world: WorldParams, base_model: Bas
     torch.manual_seed(b.seed)
     vae = build_vae(_spec(w, b))
     v = b.vae
-    result = train_vae(vae, prompts_train, w.resolution, v.steps, v.batch_size, v.learning_rate, v.kl_weight, b.seed)
+    result = train_vae(vae, prompts_train, w.resolution, v.steps, v.batch_size, v.learning_rate, v.kl_weight, b.seed,
+                       cosine_decay=v.cosine_decay)
     metrics = result.metrics | {"parameters": count_parameters(vae)}
     log.info("VAE: %s", metrics)
     return result.vae, metrics
