@@ -29,6 +29,8 @@ def test_shipped_parameters_are_valid():
         ({"pairs": {"guidance_scale": 3}}, "pairs.guidance_scale: unknown parameter"),
         ({"annotators": {"population_size": "many"}}, "annotators.population_size: Input should be a valid integer"),
         ({"nonsense": 1}, "nonsense: unknown parameter"),
+        ({"train": {"pair_order": {"dpo": "human"}}}, "train.pair_order.dpo: Input should be 'reward' or 'label'"),
+        ({"rewards": {"order_by": "label"}}, "rewards.order_by: unknown parameter"),
     ],
 )
 def test_an_invalid_key_is_named(patch, message):
@@ -38,3 +40,8 @@ def test_an_invalid_key_is_named(patch, message):
     with pytest.raises(ValueError, match="Invalid parameters") as error:
         validate_parameters(params)
     assert message in str(error.value)
+
+
+def test_an_objective_the_pair_order_leaves_out_keeps_its_official_order():
+    train = validate_parameters(_base_parameters() | {"train": {"pair_order": {"smpo": "label"}}}).train
+    assert [train.order_for(o) for o in ("dpo", "smpo", "dro")] == ["label", "label", "reward"]

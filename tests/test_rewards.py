@@ -55,6 +55,31 @@ def test_smoothing_is_stable_for_huge_margins_and_rejects_bad_arguments():
     assert smoothing.quantile_bounds(np.arange(101.0), 0.1, 0.9) == (10.0, 90.0)
 
 
+def test_orient_pairs_puts_the_annotators_winner_first_and_flips_p_with_it():
+    import pandas as pd
+
+    # Reward-ordered rows (as pipelines/rewards writes them): the labels agree, disagree, and tie.
+    pairs = pd.DataFrame({
+        "image_0_uid": ["a", "c", "e"], "image_1_uid": ["b", "d", "f"],
+        "reward_winner": [0, 1, 0], "label_winner": [0, 0, -1], "winner": [0, 1, 0],
+        "image_w_uid": ["a", "d", "e"], "image_l_uid": ["b", "c", "f"],
+        "image_w_file": ["a.jpg", "d.jpg", "e.jpg"], "image_l_file": ["b.jpg", "c.jpg", "f.jpg"],
+        "r_w": [0.9, 0.6, 0.5], "r_l": [0.1, 0.4, 0.5], "margin": [0.8, 0.2, 0.0],
+    })
+    pairs["p"] = smoothing.preference_probability(pairs.r_w, pairs.r_l)
+    pairs["smpo_weight"] = smoothing.smpo_weight(pairs.p)
+    assert smoothing.orient_pairs(pairs, "reward") is pairs
+    by_label = smoothing.orient_pairs(pairs, "label")
+    assert by_label.image_w_uid.tolist() == ["a", "c", "e"] and by_label.image_l_uid.tolist() == ["b", "d", "f"]
+    assert by_label.image_w_file[1] == "c.jpg" and by_label.winner.tolist() == [0, 0, 0]
+    assert (by_label.r_w[1], by_label.r_l[1], by_label.margin[1]) == (0.4, 0.6, -0.2)
+    np.testing.assert_allclose(by_label.p, smoothing.preference_probability(by_label.r_w, by_label.r_l))
+    assert by_label.smpo_weight[1] < 0 < by_label.smpo_weight[0]  # SmPO on label order: the reward disagrees
+    assert pairs.image_w_uid[1] == "d"  # the input is left as it was
+    with pytest.raises(ValueError, match="pair order must be 'reward' or 'label'"):
+        smoothing.orient_pairs(pairs, "human")
+
+
 @pytest.mark.parametrize(
     ("rewards", "message"),
     [

@@ -178,7 +178,6 @@ class RewardsParams(_Section):
     bounds: BoundsParams = BoundsParams()
     tau: PositiveFloat = 1.0
     gamma: PositiveFloat = 10.0
-    order_by: Literal["reward", "label"] = "reward"
 
 
 class InversionParams(_Section):
@@ -206,6 +205,7 @@ class TrainEvaluationParams(SamplingParams):
 
 
 Objective = Literal["dpo", "smpo", "dro"]
+PAIR_ORDER = {"dpo": "label", "smpo": "reward", "dro": "reward"}  # train.pair_order for objectives it leaves out
 
 
 class DROParams(_Section):
@@ -230,6 +230,9 @@ class TrainParams(_Section):
     """Preference training (``pipelines/train``): one model per objective."""
 
     objectives: tuple[Objective, ...] = ("dpo", "smpo", "dro")
+    # Whose winner each objective learns: the annotators' (Diffusion-DPO's official data) or the
+    # reward model's (SmPO's; DRO's experts are chosen by a reward too). smoothing.orient_pairs.
+    pair_order: dict[Objective, Literal["reward", "label"]] = Field(default_factory=lambda: dict(PAIR_ORDER))
     inversion: Literal["cached", "online", "none"] = "cached"  # SmPO's forward noise (DPO: none)
     beta: dict[Literal["dpo", "smpo"], PositiveFloat] = Field(default_factory=lambda: {"dpo": 5000.0, "smpo": 5000.0})
     gamma: PositiveFloat = 10.0
@@ -283,6 +286,9 @@ class TrainParams(_Section):
         if self.hostfile and self.launcher != "deepspeed":
             raise ValueError("hostfile is read by DeepSpeed's launcher: set launcher: deepspeed")
         return self
+
+    def order_for(self, objective: str) -> str:
+        return self.pair_order.get(objective, PAIR_ORDER[objective])
 
     def lr_for(self, objective: str) -> float:
         return self.learning_rate[objective] if isinstance(self.learning_rate, dict) else self.learning_rate

@@ -8,6 +8,8 @@ Formulas and constants: ``docs/objectives.md`` (SmPO section).
                            exp(r'_w) / (exp(r'_w) + exp(r'_l))
 - SmPO weight of the pair  γ (2p − 1);  γ = 10 in the official code. p = 0.5 gives no gradient,
                            and γ(2p − 1) ≡ 1 turns the SmPO loss into DPO's.
+- pair order               SmPO's winner is the reward's (the human label only drops ties);
+                           Diffusion-DPO's is the human label's. ``orient_pairs`` turns one into the other.
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ def preference_probability(r_w, r_l, tau: float = 1.0) -> np.ndarray:
         raise ValueError(f"temperature tau must be > 0 (got {tau})")
     z = (np.asarray(r_w, dtype=np.float64) - np.asarray(r_l, dtype=np.float64)) / tau
     return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+
+
+def orient_pairs(pairs, order: str):
+    """The pair table (``pipelines/rewards``: ordered by the reward, with ``label_winner``) with the
+    winner chosen by ``order``: ``reward`` (SmPO's choice) or ``label`` (Diffusion-DPO's: the
+    annotators' choice). A re-oriented pair swaps its w/l columns, negates its margin and takes
+    p → 1 − p, so p stays the smoothed probability *of the chosen order* and a pair the reward
+    disagrees with gets a negative SmPO weight. Pairs without a label winner (ties) keep the
+    reward's order."""
+    if order not in ("reward", "label"):
+        raise ValueError(f"pair order must be 'reward' or 'label' (got {order!r})")
+    target = pairs.reward_winner if order == "reward" else pairs.label_winner.where(pairs.label_winner >= 0,
+                                                                                 pairs.reward_winner)
+    flip = (target != pairs.winner).to_numpy()
+    if not flip.any():
+        return pairs
+    out = pairs.copy()
+    for won, lost in (("image_w_uid", "image_l_uid"), ("image_w_file", "image_l_file"), ("r_w", "r_l")):
+        out.loc[flip, [won, lost]] = pairs.loc[flip, [lost, won]].to_numpy()
+    out.loc[flip, "winner"] = target[flip]
+    out.loc[flip, "margin"] = -pairs.margin[flip]
+    out.loc[flip, "p"] = 1.0 - pairs.p[flip]
+    out.loc[flip, "smpo_weight"] = -pairs.smpo_weight[flip]
+    return out
 
 
 def smpo_weight(p, gamma: float = 10.0) -> np.ndarray:

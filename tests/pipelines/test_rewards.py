@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from smpo_pipeline import smoothing
 from tests.conftest import make_kedro_project, run_kedro
 from tests.pickapic_factory import annotated_rows, write_shard
 
@@ -39,11 +40,11 @@ def test_preference_pairs_carry_both_orders_and_the_smoothed_probability(scored_
     assert {"reward_winner", "label_winner", "orders_agree", "image_w_uid", "image_l_uid"} <= set(pairs.columns)
 
 
-def test_a_second_run_scores_nothing_and_the_label_order_is_selectable(scored_project):
+def test_a_second_run_scores_nothing_and_training_can_take_the_label_order(scored_project):
     parts = sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet"))
-    run_kedro(scored_project, ["rewards"], {"rewards": {"order_by": "label", "tau": 0.5}})
+    run_kedro(scored_project, ["rewards"], {"rewards": {"tau": 0.5}})
     assert sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet")) == parts
-    pairs = pd.read_parquet(scored_project / "data/04_feature/preference_pairs.parquet")
+    pairs = smoothing.orient_pairs(pd.read_parquet(scored_project / "data/04_feature/preference_pairs.parquet"), "label")
     decided = pairs.label_winner >= 0
     assert (pairs.winner[decided] == pairs.label_winner[decided]).all()
-    assert (pairs.p[~pairs.orders_agree & decided] < 0.5).any()  # the reward disagrees: p below ½
+    assert (pairs.p[~pairs.orders_agree & decided] < 0.5).any()  # the reward disagrees: p below ½  # the reward disagrees: p below ½

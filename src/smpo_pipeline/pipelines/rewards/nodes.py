@@ -37,8 +37,9 @@ def score_pair_images(clean_pairs, rewards: RewardsParams, data: DataParams):
 
 
 def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
-    """Per pair: both orders (reward, human label) and whether they agree; the normalised rewards,
-    the smoothed probability p of the chosen order and the SmPO weight γ(2p − 1)."""
+    """Per pair: both orders (reward, human label) and whether they agree; the pair oriented by the
+    reward (SmPO's winner), its normalised rewards, the smoothed probability p and the SmPO weight
+    γ(2p − 1). Training re-orients it per objective (``train.pair_order``, ``smoothing.orient_pairs``)."""
 
     from smpo_pipeline.smoothing import normalise, preference_probability, quantile_bounds, smpo_weight
 
@@ -59,7 +60,7 @@ def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
     pairs["label_winner"] = np.where(pairs.is_tie, -1, np.where(label_first, 0, 1))
     pairs["orders_agree"] = decided & (pairs.reward_winner == pairs.label_winner)
 
-    first = reward_first if rewards.order_by == "reward" else np.where(pairs.is_tie, reward_first, label_first)
+    first = reward_first
     pairs["winner"] = np.where(first, 0, 1)
     pairs["image_w_uid"] = np.where(first, pairs.image_0_uid, pairs.image_1_uid)
     pairs["image_l_uid"] = np.where(first, pairs.image_1_uid, pairs.image_0_uid)
@@ -77,7 +78,6 @@ def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
         "reward_model": rewards.model,
         "reward_model_id": reward_scores["model_id"].iloc[0],
         "pairs": len(pairs),
-        "order_by": rewards.order_by,
         "bounds": {"method": b.method, "low": low, "high": high},
         "tau": rewards.tau, "gamma": rewards.gamma,
         "reward_label_agreement": round(agreement, 4),

@@ -105,6 +105,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
 
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.smoothing import orient_pairs
     from smpo_pipeline.training.checkpoints import latest
     from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
@@ -112,7 +113,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     inv = cache.inversion
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
     noise = train.inversion if objective == "smpo" else "none"
-    pairs = preference_pairs[preference_pairs.split == "train"]
+    pairs = orient_pairs(preference_pairs[preference_pairs.split == "train"], train.order_for(objective))
     prints = Fingerprints.of(base_model, inversion)
     _check_cache(cache_report, prints, inversion, trajectories=noise == "cached")
     reader = CacheReader(Path(cache.root))
@@ -165,7 +166,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
                                       DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, experts, hook)
     tail = records[-min(20, len(records)):]
     summary = {"objective": objective, "trained": True, "seed": seed, "run_id": run_id, "reuse": reuse,
-               "forward_noise": noise, "pairs": len(pairs),
+               "forward_noise": noise, "pair_order": train.order_for(objective), "pairs": len(pairs),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
                "steps": train.steps, "zero_stage": train.zero_stage if config.deepspeed else None,
                "processes": train.num_processes, "lora_rank": train.lora.rank, "precision": train.precision,
