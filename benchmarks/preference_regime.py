@@ -71,7 +71,7 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.params import CacheParams
     from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
-    from smpo_pipeline.smoothing import preference_probability
+    from smpo_pipeline.smoothing import orient_pairs, preference_probability
     from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
@@ -85,7 +85,9 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     prints = Fingerprints.of(base, inversion)
     _check_cache(chain["cache_report"], prints, inversion, trajectories=noise == "cached")
     pairs = chain["preference_pairs"]
-    pairs = pairs[pairs.split == "train"].reset_index(drop=True)
+    # Each objective learns its own winner (train.pair_order); SFT the reward's unless `order` says otherwise.
+    order = config.get("order", "reward") if objective == "sft" else train.order_for(objective)
+    pairs = orient_pairs(pairs[pairs.split == "train"], order).reset_index(drop=True)
     if "tau" in config:
         pairs = pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, config["tau"]))
     reader = CacheReader(Path(cache.root))
@@ -128,8 +130,9 @@ def main() -> None:
     apply_project_environment()  # offline, telemetry off
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?}]};"
-                                      " objective dpo | smpo | dro | sft (the preferred images alone)")
+    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?, "
+                                      "order?}]}; objective dpo | smpo | dro | sft (the preferred images alone, "
+                                      "by `order`: reward or label)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="reports/sweeps")
     parser.add_argument("--only", nargs="*", help="run only these configuration names")
