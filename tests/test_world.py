@@ -164,4 +164,9 @@ def test_labelled_pairs_share_image_uids_across_rows_and_count_their_captions():
     for (i, a, b), u0, u1 in zip(pairs, rows["image_0_uid"], rows["image_1_uid"], strict=True):
         assert uid_of.setdefault((i, a), u0) == u0 and uid_of.setdefault((i, b), u1) == u1
     assert len(set(uid_of.values())) == 12  # one uid per candidate image
+    # A redrawn image is a new image: the caches downstream are keyed by its uid.
+    redrawn = [[images[0][0], render(captions[0], rng=np.random.default_rng(9)).tobytes(), *images[0][2:]]]
+    again, _ = label_pairs(captions[:1], readings[:1], redrawn, generators[:1], [(0, 0, 1)],
+                           AnnotatorPopulation(size=5), rng)
+    assert again["image_0_uid"] == [uid_of[0, 0]] and again["image_1_uid"] != [uid_of[0, 1]]
     assert rows["num_example_per_prompt"] == [6] * 18

@@ -6,6 +6,7 @@ Pure numpy; the caller turns the rows into Pick-a-Pic shards (``smpo_pipeline.pi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -43,12 +44,20 @@ class LabelSummary:
                 "non_tie_pairs_compared": self.decided}
 
 
+def image_uid(image: bytes, namespace: uuid.UUID) -> str:
+    """An image's uid, derived from its bytes: every later stage caches its work (reward scores,
+    latents) under the uid, so an image redrawn by a new base model must get a new one, as every
+    new image on Pick-a-Pic does."""
+    return str(uuid.uuid5(namespace, hashlib.sha256(image).hexdigest()))
+
+
 def label_pairs(captions: list[str], readings: list[list[OracleReading]], images: list[list[bytes]],
                 generators: list[list[str]], pairs: list[tuple[int, int, int]], population: AnnotatorPopulation,
                 rng: np.random.Generator, namespace: int = 0) -> tuple[dict[str, list], LabelSummary]:
     """Pick-a-Pic v2 columns for every (prompt, a, b) in ``pairs``, each judged by one annotator
     drawn by activity. ``readings[i][k]``, ``images[i][k]`` and ``generators[i][k]`` describe
-    candidate k of caption i; an image keeps one uid in every row it appears in, as on Pick-a-Pic."""
+    candidate k of caption i; an image keeps one uid in every row it appears in, as on Pick-a-Pic,
+    and a uid names those bytes only (``image_uid``)."""
     ns = uuid.UUID(int=namespace)
     per_caption: dict[str, int] = {}
     for i, _, _ in pairs:
@@ -60,7 +69,7 @@ def label_pairs(captions: list[str], readings: list[list[OracleReading]], images
         annotator = population.draw(rng)
         label = annotator.choose(readings[i][a], readings[i][b], captions[i], rng)
         oracle = [combine_scores(score_reading(readings[i][k], captions[i])) for k in (a, b)]
-        uids = [str(uuid.uuid5(ns, f"{i}-{k}")) for k in (a, b)]
+        uids = [image_uid(images[i][k], ns) for k in (a, b)]
         summary.pairs += 1
         summary.users.add(annotator.user_id)
         if label == TIE:
