@@ -60,15 +60,15 @@ def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
     pairs["label_winner"] = np.where(pairs.is_tie, -1, np.where(label_first, 0, 1))
     pairs["orders_agree"] = decided & (pairs.reward_winner == pairs.label_winner)
 
-    first = reward_first
-    pairs["winner"] = np.where(first, 0, 1)
-    pairs["image_w_uid"] = np.where(first, pairs.image_0_uid, pairs.image_1_uid)
-    pairs["image_l_uid"] = np.where(first, pairs.image_1_uid, pairs.image_0_uid)
-    pairs["image_w_file"] = np.where(first, pairs.image_0_file, pairs.image_1_file)
-    pairs["image_l_file"] = np.where(first, pairs.image_1_file, pairs.image_0_file)
-    pairs["r_w"] = np.where(first, r0, r1)
-    pairs["r_l"] = np.where(first, r1, r0)
-    pairs["margin"] = np.where(first, pairs.score_0 - pairs.score_1, pairs.score_1 - pairs.score_0)
+    # The table's orientation is the reward's; training re-orients it per objective (orient_pairs).
+    pairs["winner"] = pairs["reward_winner"]
+    pairs["image_w_uid"] = np.where(reward_first, pairs.image_0_uid, pairs.image_1_uid)
+    pairs["image_l_uid"] = np.where(reward_first, pairs.image_1_uid, pairs.image_0_uid)
+    pairs["image_w_file"] = np.where(reward_first, pairs.image_0_file, pairs.image_1_file)
+    pairs["image_l_file"] = np.where(reward_first, pairs.image_1_file, pairs.image_0_file)
+    pairs["r_w"] = np.where(reward_first, r0, r1)
+    pairs["r_l"] = np.where(reward_first, r1, r0)
+    pairs["margin"] = np.where(reward_first, pairs.score_0 - pairs.score_1, pairs.score_1 - pairs.score_0)
     pairs["p"] = preference_probability(pairs.r_w, pairs.r_l, rewards.tau)
     pairs["smpo_weight"] = smpo_weight(pairs.p, rewards.gamma)
 
