@@ -71,7 +71,7 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.params import CacheParams
     from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
-    from smpo_pipeline.smoothing import orient_pairs, preference_probability
+    from smpo_pipeline.smoothing import preference_probability, training_pairs
     from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
@@ -87,7 +87,7 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     pairs = chain["preference_pairs"]
     # Each objective learns its own winner (train.pair_order); SFT the reward's unless `order` says otherwise.
     order = config.get("order", "reward") if objective == "sft" else train.order_for(objective)
-    pairs = orient_pairs(pairs[pairs.split == "train"], order).reset_index(drop=True)
+    pairs = training_pairs(pairs, order, train.smoothing_by, train.gamma)
     if "tau" in config:
         pairs = pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, config["tau"]))
     reader = CacheReader(Path(cache.root))

@@ -122,6 +122,8 @@ REDUCED = {
         "evaluation_seeds_per_prompt": 1,
     },
     "pairs": {"steps": 2, "rows_per_shard": 5, "candidates_per_prompt": 3, "pairs_per_prompt": 2},
+    "reward_model": {"training": {"steps": 20, "batch_size": 16, "warmup_steps": 2}, "checkpoint_every": 10,
+                     "bootstrap_samples": 200},
 }
 CHAIN = REDUCED | {
     "cache": {"batch_size": 8, "trajectories": True, "inversion": {"num_steps": 5}},
@@ -134,7 +136,8 @@ CHAIN = REDUCED | {
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory):
-    """A temporary project after bootstrap → data → rewards → cache → train (+ evaluate) at reduced size."""
+    """A temporary project after bootstrap → data → reward_model → rewards → cache → train (+ evaluate)
+    at reduced size."""
     project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")
-    run_kedro(project, ["bootstrap", "data", "rewards", "cache", "train"], CHAIN)
+    run_kedro(project, ["bootstrap", "data", "reward_model", "rewards", "cache", "train"], CHAIN)
     return project

@@ -19,7 +19,10 @@ def test_environment_parameters_validate(env):
         assert params.rewards.bounds.low == pytest.approx(0.11543526500463486)
         assert params.data.raw_dir == "data/01_raw/pickapic_v2"
     else:
-        assert params.rewards.model == "shapes-oracle" and params.data.raw_dir == "data/01_raw/pickapic"
+        # SmPO smooths with the reward model learned from the pairs; the oracle is the reference
+        assert params.rewards.model == "pickscore" and params.rewards.reference.model == "shapes-oracle"
+        assert params.rewards.model_options["model_path"] == params.reward_model.train * "data/06_models/reward_model"
+        assert params.data.raw_dir == "data/01_raw/pickapic"
 
 
 def test_importing_the_package_changes_nothing_in_the_process(tmp_path):

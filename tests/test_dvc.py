@@ -15,7 +15,7 @@ import yaml
 from smpo_pipeline.runtime import environment_without_process_group
 from tests.conftest import CHAIN, PROJECT_ROOT
 
-STAGES = ["bootstrap", "data", "rewards", "cache", "train", "evaluate"]
+STAGES = ["bootstrap", "data", "reward_model", "rewards", "cache", "train", "evaluate"]
 REPRODUCED = STAGES[1:]  # the bootstrap is frozen
 
 

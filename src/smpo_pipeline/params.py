@@ -168,6 +168,15 @@ class BoundsParams(_Section):
         return self
 
 
+class ReferenceRewardParams(_Section):
+    """A second reward model scored beside the smoothing one and reported against it (the embedded
+    world's shapes-oracle: the ground truth a learned reward model is measured by)."""
+
+    model: Literal["shapes-oracle", "pickscore", "clip", "aesthetic"] = "shapes-oracle"
+    model_options: dict[str, str] = Field(default_factory=dict)
+    bounds: BoundsParams = BoundsParams()
+
+
 class RewardsParams(_Section):
     """Reward scoring and SmPO smoothing (``pipelines/rewards``)."""
 
@@ -178,6 +187,42 @@ class RewardsParams(_Section):
     bounds: BoundsParams = BoundsParams()
     tau: PositiveFloat = 1.0
     gamma: PositiveFloat = 10.0
+    reference: ReferenceRewardParams | None = None
+
+
+class ScorerSizeParams(_Section):
+    """A CLIP built from config (the embedded world): ViT image tower and causal text tower."""
+
+    image_size: PositiveInt = 32
+    patch_size: PositiveInt = 4
+    hidden_size: PositiveInt = 64
+    layers: PositiveInt = 2
+    heads: PositiveInt = 4
+    projection_dim: PositiveInt = 64
+    max_length: PositiveInt = 16
+
+
+class ScorerTrainingParams(_Section):
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 2e-3
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    seed: int = 0
+
+
+class RewardModelParams(_Section):
+    """A PickScore-style reward model trained on the preference pairs (``pipelines/reward_model``)."""
+
+    train: bool = True  # false: the pipeline records that it trained nothing (SmPO's published PickScore)
+    init: str | None = None  # a CLIP checkpoint (directory or hub id) to fine-tune; None: built from `size`
+    tokenizer: str = "data/01_raw/base_model/tokenizer"  # the tokenizer of a model built from config
+    size: ScorerSizeParams = ScorerSizeParams()
+    training: ScorerTrainingParams = ScorerTrainingParams()
+    checkpoint_root: str = "data/06_models/reward_model_checkpoints"  # <run id>/step-N; a re-run resumes there
+    checkpoint_every: PositiveInt = 100
+    reference_model: str | None = "shapes-oracle"  # ground truth it is measured against (None: the labels only)
+    bootstrap_samples: PositiveInt = 2000
 
 
 class InversionParams(_Section):
@@ -233,6 +278,9 @@ class TrainParams(_Section):
     # Whose winner each objective learns: the annotators' (Diffusion-DPO's official data) or the
     # reward model's (SmPO's; DRO's experts are chosen by a reward too). smoothing.orient_pairs.
     pair_order: dict[Objective, Literal["reward", "label"]] = Field(default_factory=lambda: dict(PAIR_ORDER))
+    # Where SmPO's p (and the reward order) comes from: the smoothing reward model (rewards.model) or
+    # the reference scored beside it (rewards.reference; the embedded world's shapes-oracle).
+    smoothing_by: Literal["reward_model", "reference"] = "reward_model"
     inversion: Literal["cached", "online", "none"] = "cached"  # SmPO's forward noise (DPO: none)
     beta: dict[Literal["dpo", "smpo"], PositiveFloat] = Field(default_factory=lambda: {"dpo": 5000.0, "smpo": 5000.0})
     gamma: PositiveFloat = 10.0
@@ -381,6 +429,7 @@ class ProjectParams(_Section):
     annotators: AnnotatorParams = AnnotatorParams()
     raw_data: RawDataParams = RawDataParams()
     data: DataParams = DataParams()
+    reward_model: RewardModelParams = RewardModelParams()
     rewards: RewardsParams = RewardsParams()
     cache: CacheParams = CacheParams()
     train: TrainParams = TrainParams()

@@ -42,6 +42,19 @@ def preference_probability(r_w, r_l, tau: float = 1.0) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
 
 
+def _flip(pairs, flip, target):
+    """``pairs`` with the rows of ``flip`` turned around: w/l columns swapped, margin and SmPO weight
+    negated, p → 1 − p, the winner set to ``target``."""
+    out = pairs.copy()
+    for won, lost in (("image_w_uid", "image_l_uid"), ("image_w_file", "image_l_file"), ("r_w", "r_l")):
+        out.loc[flip, [won, lost]] = pairs.loc[flip, [lost, won]].to_numpy()
+    out.loc[flip, "winner"] = target[flip]
+    out.loc[flip, "margin"] = -pairs.margin[flip]
+    out.loc[flip, "p"] = 1.0 - pairs.p[flip]
+    out.loc[flip, "smpo_weight"] = -pairs.smpo_weight[flip]
+    return out
+
+
 def orient_pairs(pairs, order: str):
     """The pair table (``pipelines/rewards``: ordered by the reward, with ``label_winner``) with the
     winner chosen by ``order``: ``reward`` (SmPO's choice) or ``label`` (Diffusion-DPO's: the
@@ -54,16 +67,38 @@ def orient_pairs(pairs, order: str):
     target = pairs.reward_winner if order == "reward" else pairs.label_winner.where(pairs.label_winner >= 0,
                                                                                  pairs.reward_winner)
     flip = (target != pairs.winner).to_numpy()
-    if not flip.any():
-        return pairs
-    out = pairs.copy()
-    for won, lost in (("image_w_uid", "image_l_uid"), ("image_w_file", "image_l_file"), ("r_w", "r_l")):
-        out.loc[flip, [won, lost]] = pairs.loc[flip, [lost, won]].to_numpy()
-    out.loc[flip, "winner"] = target[flip]
-    out.loc[flip, "margin"] = -pairs.margin[flip]
-    out.loc[flip, "p"] = 1.0 - pairs.p[flip]
-    out.loc[flip, "smpo_weight"] = -pairs.smpo_weight[flip]
+    return _flip(pairs, flip, target) if flip.any() else pairs
+
+
+def by_reference(pairs, gamma: float = 10.0):
+    """The pair table as if the *reference* reward model had scored it (``rewards.reference``; on the
+    embedded world the shapes-oracle): its normalised rewards, margin, p and SmPO weight, and its
+    winner as ``reward_winner``, so that ``orient_pairs(…, "reward")`` orders by it. The table must
+    be in the reward's orientation, as ``pipelines/rewards`` writes it."""
+    missing = [c for c in ("reference_p", "reference_margin", "reference_r_w", "reference_r_l") if c not in pairs]
+    if missing:
+        raise KeyError(f"the pair table has no reference scores ({missing}): set rewards.reference and re-run rewards")
+    if not (pairs.winner == pairs.reward_winner).all():
+        raise ValueError("by_reference needs the table in the reward's orientation (before orient_pairs)")
+    out = pairs.assign(p=pairs.reference_p, margin=pairs.reference_margin, r_w=pairs.reference_r_w,
+                       r_l=pairs.reference_r_l, smpo_weight=smpo_weight(pairs.reference_p, gamma))
+    flip = (out.p < 0.5).to_numpy()
+    other = 1 - out.reward_winner
+    out = _flip(out, flip, other)
+    out.loc[flip, "reward_winner"] = other[flip]
     return out
+
+
+def training_pairs(pairs, order: str, smoothing_by: str = "reward_model", gamma: float = 10.0):
+    """The train split of the pair table as a run reads it: smoothed by the reward model
+    (``reward_model``) or by the reference (``reference``, ``by_reference``), then oriented by
+    ``order`` (``orient_pairs``)."""
+    if smoothing_by not in ("reward_model", "reference"):
+        raise ValueError(f"smoothing_by must be 'reward_model' or 'reference' (got {smoothing_by!r})")
+    train = pairs[pairs.split == "train"]
+    if smoothing_by == "reference":
+        train = by_reference(train, gamma)
+    return orient_pairs(train, order).reset_index(drop=True)
 
 
 def smpo_weight(p, gamma: float = 10.0) -> np.ndarray:

@@ -14,12 +14,18 @@ from tests.conftest import make_kedro_project, run_kedro
 from tests.pickapic_factory import annotated_rows, write_shard
 
 
+ORACLE = {"rewards": {"model": "shapes-oracle", "model_options": {}, "bounds": {"method": "fixed"},
+                     "reference": None}}
+
+
 @pytest.fixture(scope="module")
 def scored_project(tmp_path_factory):
     project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")
     for s in range(2):
         write_shard(project / f"data/01_raw/pickapic/shard-{s}.parquet", annotated_rows(60, seed=s))
-    run_kedro(project, ["data", "rewards"])
+    # The oracle as the smoothing reward and no reward model trained, as the sdxl profile runs (the
+    # learned one: tests/pipelines/test_reward_model.py).
+    run_kedro(project, ["data", "reward_model", "rewards"], ORACLE | {"reward_model": {"train": False}})
     return project
 
 
@@ -42,7 +48,7 @@ def test_preference_pairs_carry_both_orders_and_the_smoothed_probability(scored_
 
 def test_a_second_run_scores_nothing_and_training_can_take_the_label_order(scored_project):
     parts = sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet"))
-    run_kedro(scored_project, ["rewards"], {"rewards": {"tau": 0.5}})
+    run_kedro(scored_project, ["rewards"], {"rewards": ORACLE["rewards"] | {"tau": 0.5}})
     assert sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet")) == parts
     pairs = smoothing.orient_pairs(pd.read_parquet(scored_project / "data/04_feature/preference_pairs.parquet"), "label")
     decided = pairs.label_winner >= 0

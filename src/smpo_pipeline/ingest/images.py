@@ -47,3 +47,26 @@ def inspect_image(data: bytes | None, max_side: int, min_side: int = 1) -> Image
     except Exception as exc:  # noqa: BLE001
         return ImageInfo(width, height, mode, f"corrupt: {exc}")
     return ImageInfo(width, height, mode, None)
+
+
+def pair_image_bytes(pairs, images_dir) -> dict[str, bytes]:
+    """The stored bytes of both images of every pair (columns ``image_{0,1}_uid`` and
+    ``image_{0,1}_file``, as the ``data`` pipeline writes them), reading each images file once."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    wanted: dict[str, set[str]] = {}
+    for k in (0, 1):
+        for image_file, uid in zip(pairs[f"image_{k}_file"], pairs[f"image_{k}_uid"], strict=True):
+            wanted.setdefault(image_file, set()).add(uid)
+    found: dict[str, bytes] = {}
+    for image_file, uids in wanted.items():
+        table = pq.read_table(Path(images_dir) / image_file, columns=["image_uid", "jpg"])
+        found.update((u, b) for u, b in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True)
+                     if u in uids)
+    missing = {u for uids in wanted.values() for u in uids} - set(found)
+    if missing:
+        raise KeyError(f"{len(missing)} pair images are not in their images files under {images_dir} "
+                       f"(e.g. {sorted(missing)[0]}): re-run the data pipeline")
+    return found

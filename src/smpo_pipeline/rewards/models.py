@@ -38,15 +38,15 @@ class ShapesOracleReward(RewardModel):
 
 
 def _directory_fingerprint(path: str) -> str:
-    """Hash of a local checkpoint's config and weight files' names and sizes (cheap, and changes
-    whenever the weights are replaced); a hub id is its own fingerprint."""
+    """Hash of a local checkpoint's files (names and bytes): a retrained model of the same shape
+    has other scores, so its cached scores must not be reused; a hub id is its own fingerprint."""
+    from smpo_pipeline.checksums import file_sha256
+
     p = Path(path)
     if not p.exists():
         return path
-    files = sorted(f for f in p.rglob("*") if f.is_file())
-    payload = [(str(f.relative_to(p)), f.stat().st_size) for f in files]
-    payload += [json.loads(f.read_text()) for f in files if f.name == "config.json"]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    payload = [(str(f.relative_to(p)), file_sha256(f)) for f in sorted(f for f in p.rglob("*") if f.is_file())]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
 
 
 class ClipReward(RewardModel):

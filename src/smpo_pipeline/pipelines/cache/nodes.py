@@ -14,20 +14,14 @@ log = logging.getLogger(__name__)
 
 
 def pair_images(preference_pairs, images_dir: Path) -> list[tuple[str, str, bytes]]:
-    """(image uid, caption, JPEG bytes) of both images of every pair, reading each image file once."""
-    import pyarrow.parquet as pq
+    """(image uid, caption, JPEG bytes) of both images of every pair, each image once."""
+    from smpo_pipeline.ingest.images import pair_image_bytes
 
-    wanted: dict[str, dict[str, str]] = {}
-    for row in preference_pairs.to_dict("records"):
-        for k in (0, 1):
-            wanted.setdefault(row[f"image_{k}_file"], {})[row[f"image_{k}_uid"]] = row["caption"]
-    items = []
-    for image_file, uids in wanted.items():
-        table = pq.read_table(images_dir / image_file, columns=["image_uid", "jpg"])
-        for uid, jpg in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True):
-            if uid in uids:
-                items.append((uid, uids[uid], jpg))
-    return items
+    data = pair_image_bytes(preference_pairs, images_dir)
+    captions = {}
+    for k in (0, 1):
+        captions.update(zip(preference_pairs[f"image_{k}_uid"], preference_pairs["caption"], strict=True))
+    return [(uid, caption, data[uid]) for uid, caption in captions.items()]
 
 
 def fill_training_cache(preference_pairs, base_model, cache: CacheParams, data: DataParams, runtime: RuntimeParams) -> dict:

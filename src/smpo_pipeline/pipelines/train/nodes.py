@@ -105,7 +105,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
 
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.smoothing import orient_pairs
+    from smpo_pipeline.smoothing import training_pairs
     from smpo_pipeline.training.checkpoints import latest
     from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
@@ -113,7 +113,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     inv = cache.inversion
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
     noise = train.inversion if objective == "smpo" else "none"
-    pairs = orient_pairs(preference_pairs[preference_pairs.split == "train"], train.order_for(objective))
+    pairs = training_pairs(preference_pairs, train.order_for(objective), train.smoothing_by, train.gamma)
     prints = Fingerprints.of(base_model, inversion)
     _check_cache(cache_report, prints, inversion, trajectories=noise == "cached")
     reader = CacheReader(Path(cache.root))

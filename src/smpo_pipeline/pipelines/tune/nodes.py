@@ -57,7 +57,7 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
-    from smpo_pipeline.smoothing import orient_pairs, preference_probability
+    from smpo_pipeline.smoothing import preference_probability, training_pairs
     from smpo_pipeline.training.trainer import CachedPairs, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
 
@@ -65,7 +65,7 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
     inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
     prints = Fingerprints.of(base_model, inversion)
     _check_cache(cache_report, prints, inversion, trajectories=train.inversion == "cached")
-    pairs = orient_pairs(preference_pairs[preference_pairs.split == "train"], train.order_for("smpo")).reset_index(drop=True)
+    pairs = training_pairs(preference_pairs, train.order_for("smpo"), train.smoothing_by, train.gamma)
     reader = CacheReader(Path(cache.root))
     alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
     prompts = [p for p in prompts_validation[: tune.validation_prompts] for _ in range(tune.seeds_per_prompt)]

@@ -1,0 +1,170 @@
+"""Nodes of the ``reward_model`` pipeline: thin adapters over ``smpo_pipeline.rewards.pickscore_training``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from smpo_pipeline.params import DataParams, RewardModelParams
+
+log = logging.getLogger(__name__)
+
+
+def _pair_tensors(pairs, processor, images_dir: Path, max_length: int):
+    import io
+
+    from PIL import Image
+
+    from smpo_pipeline.ingest.images import pair_image_bytes
+    from smpo_pipeline.rewards.pickscore_training import pair_tensors
+
+    data = pair_image_bytes(pairs, images_dir)
+    image = lambda uid: Image.open(io.BytesIO(data[uid])).convert("RGB")  # noqa: E731
+    return pair_tensors(processor, [image(u) for u in pairs.image_0_uid], [image(u) for u in pairs.image_1_uid],
+                        pairs.caption, pairs.label_0, max_length)
+
+
+def _initial_scorer(reward_model: RewardModelParams):
+    import torch
+    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from smpo_pipeline.rewards.pickscore_training import ScorerSize, build_scorer
+
+    if reward_model.init is not None:  # a CLIP checkpoint to fine-tune, as PickScore fine-tunes CLIP-H
+        return CLIPModel.from_pretrained(reward_model.init), CLIPProcessor.from_pretrained(reward_model.init)
+    torch.manual_seed(reward_model.training.seed)  # the same initial weights every run: the run id is stable
+    return build_scorer(CLIPTokenizer.from_pretrained(reward_model.tokenizer),
+                        ScorerSize(**reward_model.size.model_dump()))
+
+
+def _run_id(tensors, model, reward_model: RewardModelParams) -> str:
+    """A hash of everything the run reads: the preprocessed pairs (pixels, tokens, labels), the
+    initial weights and every training setting."""
+    from smpo_pipeline.training_cache import module_fingerprint
+
+    h = hashlib.sha256()
+    for t in (tensors.pixels_0, tensors.pixels_1, tensors.input_ids, tensors.attention_mask, tensors.label_0):
+        h.update(t.contiguous().numpy().tobytes())
+    h.update(module_fingerprint(model).encode())
+    h.update(json.dumps(reward_model.training.model_dump(), sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataParams):
+    """PickScore's recipe on the *train* split of the clean pairs: (the model and its processor,
+    a summary). A re-run with the same pairs and settings finds its finished run and trains
+    nothing; a killed run resumes from its latest checkpoint."""
+    from smpo_pipeline.datasets import NotTrained
+    from smpo_pipeline.rewards.pickscore_training import TrainingSettings, train_scorer
+    from smpo_pipeline.training.checkpoints import latest
+
+    if not reward_model.train:
+        log.info("reward_model.train is false: no reward model trained")
+        return NotTrained("reward_model", "reward_model.train is false"), {"trained": False}
+    model, processor = _initial_scorer(reward_model)
+    train = clean_pairs[clean_pairs.split == "train"].reset_index(drop=True)
+    tensors = _pair_tensors(train, processor, Path(data.work_dir), reward_model.size.max_length)
+    run_id = _run_id(tensors, model, reward_model)
+    checkpoint_dir = Path(reward_model.checkpoint_root) / run_id
+    found = latest(checkpoint_dir)
+    done = int(found.name.split("-")[1]) if found else 0
+    steps = reward_model.training.steps
+    reuse = "finished" if done >= steps else (f"resumed at step {done}" if done else "new")
+    log.info("reward model: %s run %s (%d of %d steps done)",
+             {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done, steps)
+    model, losses = train_scorer(model, tensors, TrainingSettings(**reward_model.training.model_dump()),
+                                 checkpoint_dir, reward_model.checkpoint_every)
+    summary = {"trained": True, "run_id": run_id, "reuse": reuse, "train_pairs": len(train), "steps": steps,
+               "steps_run_now": len(losses), "init": reward_model.init or "built from reward_model.size",
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None}
+    return {"model": model, "processor": processor}, summary
+
+
+def measure_reward_model(reward_model, training: dict, clean_pairs, params: RewardModelParams, data: DataParams):
+    """The learned model on the held-out (validation) pairs: its agreement with the annotators'
+    labels, with an interval, and its calibration; beside it the reference reward model's (the
+    embedded world's shapes-oracle) agreement on the same pairs, how often the two order a pair
+    alike, and how their margins correlate."""
+    from smpo_pipeline.datasets import NotTrained
+    from smpo_pipeline.rewards.pickscore_training import agreement_interval, calibration, predict
+
+    if isinstance(reward_model, NotTrained):
+        return training | {"reason": reward_model.reason}, _figure(None, None, None)
+    held_out = clean_pairs[clean_pairs.split == "validation"].reset_index(drop=True)
+    tensors = _pair_tensors(held_out, reward_model["processor"], Path(data.work_dir), params.size.max_length)
+    prob = predict(reward_model["model"], tensors)
+    label = held_out.label_0.to_numpy(dtype=float)
+    decided = label != 0.5
+    interval = lambda agree: dict(zip(("share", "low", "high"), agreement_interval(  # noqa: E731
+        agree, params.bootstrap_samples), strict=True))
+    report = training | {
+        "held_out_pairs": len(held_out), "decided_pairs": int(decided.sum()),
+        "label_agreement": interval((prob[decided] > 0.5) == (label[decided] == 1)),
+        "calibration": calibration(prob, label),
+    }
+    reference = None
+    if params.reference_model is not None:
+        reference = _reference_margins(held_out, params.reference_model, Path(data.work_dir))
+        learned_margin = np.log(prob / (1 - prob))  # = logit_scale · (cos_0 − cos_1)
+        report["reference"] = {
+            "model": params.reference_model,
+            "label_agreement": interval((reference[decided] > 0) == (label[decided] == 1)),
+            "order_agreement": interval((learned_margin > 0) == (reference > 0)),
+            "margin_correlation": round(float(np.corrcoef(learned_margin, reference)[0, 1]), 4),
+        }
+    log.info("Reward model: agrees with the held-out labels on %.1f%% [%.1f, %.1f] of %d pairs%s",
+             *(100 * report["label_agreement"][k] for k in ("share", "low", "high")), int(decided.sum()),
+             f"; {params.reference_model}: {100 * report['reference']['label_agreement']['share']:.1f}%"
+             if reference is not None else "")
+    return report, _figure(report, prob, reference)
+
+
+def _reference_margins(pairs, name: str, images_dir: Path) -> np.ndarray:
+    """score(image 0) − score(image 1) of every pair by the reference reward model."""
+    import io
+
+    from PIL import Image
+
+    from smpo_pipeline.ingest.images import pair_image_bytes
+    from smpo_pipeline.rewards import build_reward_model
+
+    model = build_reward_model(name)
+    data = pair_image_bytes(pairs, images_dir)
+    score = lambda column: model.score([Image.open(io.BytesIO(data[u])).convert("RGB") for u in pairs[column]],  # noqa: E731
+                                       list(pairs.caption))
+    return score("image_0_uid") - score("image_1_uid")
+
+
+def _figure(report: dict | None, prob, reference):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if report is None:
+        left.text(0.5, 0.5, "no reward model trained", ha="center")
+        return fig
+    bins = report["calibration"]["bins"]
+    left.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    left.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o")
+    acc = report["label_agreement"]
+    left.set(xlabel="predicted P(image 0 preferred)", ylabel="share of pairs the annotators chose image 0",
+             title=f"held-out pairs: agreement {acc['share']:.1%} [{acc['low']:.1%}, {acc['high']:.1%}], "
+                   f"ECE {report['calibration']['ece']:.3f}")
+    left.title.set_fontsize(9)
+    if reference is not None:
+        right.scatter(reference, np.log(prob / (1 - prob)), s=4, alpha=0.4)
+        right.axhline(0, color="grey", lw=0.8)
+        right.axvline(0, color="grey", lw=0.8)
+        ref = report["reference"]
+        right.set(xlabel=f"{ref['model']} margin (image 0 − image 1)", ylabel="learned margin (logit)",
+                  title=f"order agreement {ref['order_agreement']['share']:.1%}, correlation {ref['margin_correlation']:.2f}")
+        right.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
