@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 
-def _load_chain(overrides: dict):
-    """The catalog entries and validated parameters a training run reads, through Kedro's session."""
+def load_chain(overrides: dict, extra: tuple[str, ...] = ()):
+    """The catalog entries and validated parameters a training run reads (and ``extra`` entries),
+    through Kedro's session."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -33,8 +34,8 @@ def _load_chain(overrides: dict):
         catalog = context.catalog
         # Kedro hands parameters that nodes type as pydantic models over as those models.
         params = {k: v.model_dump() if hasattr(v, "model_dump") else v for k, v in context.params.items()}
-        return ({name: catalog.load(name) for name in ("preference_pairs", "base_model", "cache_report",
-                                                        "prompts_validation")}, params)
+        names = ("preference_pairs", "base_model", "cache_report", "prompts_validation", *extra)
+        return {name: catalog.load(name) for name in names}, params
 
 
 def merged_train(params: dict, config: dict):
@@ -62,15 +63,16 @@ def run_context(chain: dict, params: dict, sweep: dict) -> str:
     ], default=str).encode()).hexdigest()[:16]
 
 
-def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every: int) -> dict:
-    import numpy as np
+def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None, every: int = 0):
+    """Train one configuration (``objective``, ``train`` overrides, optional ``order`` and ``tau``) on
+    the chain's pairs and cache with the project's trainer; returns (trained UNet, step records).
+    ``evaluate(unet) -> dict`` is called every ``every`` steps and at the end."""
     from diffusers import DDPMScheduler
 
     from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.params import CacheParams
-    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
+    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config
     from smpo_pipeline.smoothing import preference_probability, training_pairs
     from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
     from smpo_pipeline.training_cache import CacheReader, Fingerprints
@@ -84,18 +86,36 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     noise = train.inversion if objective == "smpo" else "none"
     prints = Fingerprints.of(base, inversion)
     _check_cache(chain["cache_report"], prints, inversion, trajectories=noise == "cached")
-    pairs = chain["preference_pairs"]
     # Each objective learns its own winner (train.pair_order); SFT the reward's unless `order` says otherwise.
     order = config.get("order", "reward") if objective == "sft" else train.order_for(objective)
-    pairs = training_pairs(pairs, order, train.smoothing_by, train.gamma)
+    pairs = training_pairs(chain["preference_pairs"], order, train.smoothing_by, train.gamma)
     if "tau" in config:
         pairs = pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, config["tau"]))
     reader = CacheReader(Path(cache.root))
     data = CachedPairs(pairs, reader, prints, noise == "cached")
     experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints) \
         if objective == "dro" else None
-    val = chain["prompts_validation"][:prompts]
     e = train.evaluation
+    config_ = _train_config(objective, train.model_copy(update={"evaluation": e.model_copy(update={"every": every})}),
+                            noise, seed)
+    if objective == "sft":  # implicit accuracy measured as DPO's, for comparison
+        config_ = replace(config_, beta=train.beta["dpo"])
+    records = []
+    unet = train_preference(copy.deepcopy(base.unet), data, config_, inversion,
+                            DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                            lambda step, record: records.append(record), experts, evaluate)
+    return unet, records
+
+
+def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every: int) -> dict:
+    import numpy as np
+
+    from smpo_pipeline.models.sampling import SamplingProtocol
+    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+
+    base = chain["base_model"]
+    val = chain["prompts_validation"][:prompts]
+    e = merged_train(params, config).evaluation
     protocol = SamplingProtocol(e.steps, e.guidance_scale, base.unet.config.sample_size * base.vae_scale_factor)
 
     def evaluate(unet) -> dict:
@@ -103,14 +123,8 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
         return {"validation_reward": float(oracle_rewards(pipe, val, list(range(len(val))), protocol,
                                                           e.batch_size, progress=False).mean())}
 
-    records = []
-    config_ = _train_config(objective, train.model_copy(update={"evaluation": e.model_copy(update={"every": every})}),
-                            noise, seed)
-    if objective == "sft":  # implicit accuracy measured as DPO's, for comparison
-        config_ = replace(config_, beta=train.beta["dpo"])
     start = time.perf_counter()
-    train_preference(copy.deepcopy(base.unet), data, config_, inversion, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
-                     lambda step, record: records.append(record), experts, evaluate)
+    _, records = train_run(config, seed, chain, params, evaluate, every)
     cpu, curve = 0.0, []
     for step, record in enumerate(records, start=1):
         cpu += record["cpu_time"]
@@ -138,7 +152,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these configuration names")
     args = parser.parse_args()
     sweep = yaml.safe_load(Path(args.sweep).read_text())
-    chain, params = _load_chain({})
+    chain, params = load_chain({})
     context = run_context(chain, params, sweep)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
