@@ -8,13 +8,21 @@
    the latents drawn from the VAE posterior (``--latents sample``, as the pretraining) or its mean.
    A preference objective should not be expected to beat perfect supervision on as many images.
 
-3. How the VAE's fidelity grows with training (``vae-training``): the bootstrap's VAE recipe
+3. What pairs from a far better generator would give DPO (``dpo-on-renders``): Diffusion-DPO with
+   the project's loss (``training.step.preference_loss``) on pairs whose preferred image is the ideal
+   render of the caption and whose rejected image is the base model's own candidate of a training
+   pair (its latents from the training cache). Against ``sft-on-renders`` it says whether DPO can
+   use a large quality difference between the two images of a pair, which the shipped pairs, drawn
+   from one model, do not have.
+
+4. How the VAE's fidelity grows with training (``vae-training``): the bootstrap's VAE recipe
    (``conf/base/parameters_bootstrap.yml``) trained from scratch for ``--steps``, with the PSNR, the
    posterior's width and the reward of round-tripped renders every ``--every`` steps.
 
     .venv/bin/python benchmarks/fine_tuning_ceiling.py round-trip
     .venv/bin/python benchmarks/fine_tuning_ceiling.py vae-training --steps 600 --every 150
     .venv/bin/python benchmarks/fine_tuning_ceiling.py sft-on-renders --steps 150 --lora-rank 8 --lr 1e-3
+    .venv/bin/python benchmarks/fine_tuning_ceiling.py dpo-on-renders --steps 300 --lora-rank 0 --lr 3e-5
 
 Validation prompts only (the first ``--prompts``, one image each, seeds 0…N−1, Euler 20 steps,
 guidance 3, as ``benchmarks/preference_regime.py``).
@@ -115,6 +123,67 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
             print(f"step {step:>4}: validation reward {reward:.4f} ({reward - base:+.4f} over the base)", flush=True)
 
 
+def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size: int, lr: float, beta: float) -> None:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from diffusers import DDPMScheduler
+
+    from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.models.base_training import render_batch
+    from smpo_pipeline.models.conditioning import drop_captions
+    from smpo_pipeline.models.sampling import SamplingProtocol
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+    from smpo_pipeline.smoothing import training_pairs
+    from smpo_pipeline.training.step import PairBatch, preference_loss
+    from smpo_pipeline.training.trainer import CachedPairs
+    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
+    pairs = training_pairs(pd.read_parquet("data/04_feature/preference_pairs.parquet"), "label")
+    data = CachedPairs(pairs, CacheReader(Path("data/05_model_input/training_cache")),
+                       Fingerprints.of(pipe, InversionConfig(10, 1, 1.0)), False)
+    means, stds = [], []
+    with torch.no_grad():  # the winners: an ideal render of every pair's caption, encoded once
+        for start in range(0, len(pairs), 512):
+            posterior = pipe.vae.encode(render_batch(list(pairs.caption[start:start + 512]), 32, rng)).latent_dist
+            means.append(posterior.mean * pipe.vae.config.scaling_factor)
+            stds.append(posterior.std * pipe.vae.config.scaling_factor)
+    mean, std = torch.cat(means), torch.cat(stds)
+    alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
+    policy, reference = copy.deepcopy(pipe.unet).train(), copy.deepcopy(pipe.unet).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
+    protocol = SamplingProtocol(20, 3.0, 32)
+
+    def validation_reward() -> float:
+        candidate = type(pipe)(**{**pipe.components, "unet": copy.deepcopy(policy).eval()})
+        return float(oracle_rewards(candidate, prompts, list(range(len(prompts))), protocol, 64, progress=False).mean())
+
+    base = float(oracle_rewards(pipe, prompts, list(range(len(prompts))), protocol, 64, progress=False).mean())
+    print(f"base model: validation reward {base:.4f}; {len(pairs)} pairs (render ≻ the base's rejected image)")
+    for step in range(1, steps + 1):
+        rows = rng.integers(0, len(pairs), batch_size)
+        loser = data.batch(rows, generator)
+        idx = torch.from_numpy(rows)
+        winner = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)
+        batch = PairBatch(winner, loser.latents_l, loser.prompt_embeds, loser.pooled, loser.time_ids, loser.prob)
+        batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled,
+                                                          torch.rand(batch_size, generator=generator) < 0.2)
+        loss, metrics = preference_loss(policy, reference, batch, torch.randint(0, 1000, (batch_size,), generator=generator),
+                                        "dpo", beta, 10.0, "none", alphas, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        if step % every == 0 or step == steps:
+            reward = validation_reward()
+            print(f"step {step:>4}: validation reward {reward:.4f} ({reward - base:+.4f} over the base), "
+                  f"implicit accuracy {metrics['implicit_accuracy']:.2f}", flush=True)
+
+
 def vae_training(prompts: list[str], steps: int, every: int) -> None:
     import math
 
@@ -166,7 +235,7 @@ def main() -> None:
 
     apply_project_environment()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("measure", choices=["round-trip", "sft-on-renders", "vae-training"])
+    parser.add_argument("measure", choices=["round-trip", "sft-on-renders", "dpo-on-renders", "vae-training"])
     parser.add_argument("--prompts", type=int, default=96, help="the first N validation prompts")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--every", type=int, default=75)
@@ -174,12 +243,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lora-rank", type=int, default=8, help="0: the full UNet")
     parser.add_argument("--latents", choices=["sample", "mean"], default="sample")
+    parser.add_argument("--beta", type=float, default=5000.0, help="dpo-on-renders: Diffusion-DPO's β")
     parser.add_argument("--images", type=int, default=4096, help="renders of training prompts to fine-tune on")
     args = parser.parse_args()
     pipe = StableDiffusionXLPipeline.from_pretrained(BASE)
     prompts = _prompts("validation", args.prompts)
     if args.measure == "vae-training":
         vae_training(prompts, args.steps, args.every)
+    elif args.measure == "dpo-on-renders":
+        dpo_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.beta)
     elif args.measure == "round-trip":
         round_trip(pipe, prompts)
     else:

@@ -93,7 +93,7 @@ def run_one(args) -> dict:
         if objective == "dro":  # M = 1: a fresh policy state per row every step, then the hinge
             cond = {"prompt_embeds": batch.prompt_embeds, "pooled": batch.pooled, "time_ids": batch.time_ids}
             x_t, ts, eps = sample_policy_states(policy, cond, batch.latents_w.shape[1:], NOISE_SCHEDULE,
-                                                SamplerConfig(args.sampler_steps), g)
+                                                SamplerConfig(steps=args.sampler_steps), g)
             dro = DROBatch(batch.latents_w, batch.prompt_embeds, batch.pooled, batch.time_ids, x_t, ts.to(device), eps)
             return dro_batch_loss(policy, reference, dro, 0.001, alphas, g)[0]
         mode = {"dpo": "none", "smpo-cached": "cached", "smpo-online": "online"}[objective]

@@ -84,7 +84,7 @@ def _train(tiny_pipeline_dir, tmp_path, objective="dpo", **options):
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)
     records = []
-    config = TrainConfig(objective, 5000.0, 10.0, "none", 3, 2, 1e-3, 1, 1.0, 0.2, 0, **options)
+    config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, inversion="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, **options)
     policy = train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(5, 1),
                               _alphas(), lambda step, r: records.append(r),
                               CachedExperts(expert_pool(pairs), reader, prints))
@@ -163,7 +163,7 @@ def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_
     from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)
-    config = TrainConfig("dpo", 5000.0, 10.0, "none", 6, 2, 0.0, 1, 1.0, 0.2, 0)
+    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="none", steps=6, batch_size=2, learning_rate=0.0, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0)
     runs = {}
     for accumulation, steps in [(1, 6), (2, 3)]:
         runs[accumulation] = []
@@ -179,6 +179,6 @@ def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_
 def test_fp16_without_deepspeed_is_refused(unet_and_cond):
     from smpo_pipeline.training.trainer import TrainConfig, train_preference
 
-    config = TrainConfig("dpo", 5000.0, 10.0, "none", 3, 2, 1e-3, 1, 1.0, 0.2, 0, precision="fp16")
+    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, precision="fp16")
     with pytest.raises(ValueError, match="fp16 needs loss scaling"):
         train_preference(unet_and_cond[0], None, config, InversionConfig(5, 1), _alphas())

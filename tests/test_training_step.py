@@ -105,7 +105,7 @@ def test_the_training_loop_reads_the_cache_and_trains_in_every_noise_mode(tiny_p
     data = CachedPairs(pairs, reader, prints, inversion == "cached")
     records = []
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    policy = train_preference(pipe.unet, data, TrainConfig("smpo", 5000.0, 10.0, inversion, 3, 2, 1e-4, 1, 1.0, 0.2, 0),
+    policy = train_preference(pipe.unet, data, TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, inversion=inversion, steps=3, batch_size=2, learning_rate=1e-4, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0),
                               config, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r))
     assert len(records) == 3 and {"loss", "grad_norm", "lr", "implicit_accuracy", "weighted_margin"} <= set(records[0])
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # the reference is untouched
@@ -162,7 +162,7 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()) | {"zero_optimization": {"stage": stage}}
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     records = []
-    policy = train_preference(pipe.unet, data, TrainConfig("dpo", 5000.0, 10.0, "cached", 2, 2, 1e-3, 1, 1.0, 0.0, 0, ds,
+    policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="cached", steps=2, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
                                                        precision=precision),
                               InversionConfig(5, 1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
                               lambda step, r: records.append(r))
@@ -198,7 +198,7 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
         options = {"lora_rank": 4, "lora_alpha": 4}
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     records = []
-    policy = train_preference(pipe.unet, data, TrainConfig("dpo", 5000.0, 10.0, "cached", 2, 2, 1e-2, 1, 1.0, 0.0, 0, ds,
+    policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="cached", steps=2, batch_size=2, learning_rate=1e-2, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
                                                        **options),
                               InversionConfig(5, 1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
                               lambda step, r: records.append(r))
@@ -226,7 +226,7 @@ data = CachedPairs(pd.read_parquet(pairs), reader, prints, True)
 experts = CachedExperts(expert_pool(pd.read_parquet(pairs)), reader, prints)
 ds = json.loads(deepspeed) if deepspeed != "none" else None
 # DRO: a sampling network refreshed every 3 steps and a buffer of 3 states: both must be restored.
-config = TrainConfig(objective, 5000.0, 10.0, "cached", 6, 2, 1e-3, 1, 1.0, 0.5, 0, ds, ckpt, 2, 2,
+config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, inversion="cached", steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.5, seed=0, deepspeed=ds, checkpoint_dir=ckpt, checkpoint_every=2, keep_last=2,
                      dro=DROConfig(refresh_every=3, buffer_size=3))
 def log(step, record):
     with open(log_file, "a") as f:
@@ -290,7 +290,7 @@ def test_two_processes_train_under_zero2_stay_in_sync_and_resume_from_their_chec
 
     training_set(tiny_pipeline_dir, tmp_path)
     ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text())
-    config = TrainConfig("smpo", 5000.0, 10.0, "cached", 4, 2, 1e-3, 1, 1.0, 0.0, 0, ds, str(tmp_path / "ckpt"), 2, 2)
+    config = TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, inversion="cached", steps=4, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=2, keep_last=2)
     spec = {"model": str(tiny_pipeline_dir), "cache": str(tmp_path / "cache"), "pairs": str(tmp_path / "pairs.parquet"),
             "config": asdict(config), "inversion": asdict(InversionConfig(5, 1)), "output": str(tmp_path / "out")}
     (tmp_path / "spec.json").write_text(json.dumps(spec))

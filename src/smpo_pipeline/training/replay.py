@@ -21,7 +21,7 @@ import torch
 from smpo_pipeline.inversion import predict_noise
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
     steps: int = 20  # DPM-Solver++ steps (official 20)
     guidance_scale: float = 1.0  # official 1.0: the conditional prediction alone

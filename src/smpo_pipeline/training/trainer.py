@@ -36,7 +36,7 @@ from smpo_pipeline.training_cache import CacheReader, Fingerprints, rank_and_wor
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers' LoRA scripts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # built by name only: reordering fields must not swap values
 class DROConfig:
     margin: float = 0.001  # official
     refresh_every: int = 1  # M: the sampling network is the policy of M steps ago at most (official 1)
@@ -48,7 +48,7 @@ class DROConfig:
             object.__setattr__(self, "sampler", SamplerConfig(**self.sampler))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # built by name only: β and γ are both floats, in any order
 class TrainConfig:
     objective: str  # dpo | smpo | dro
     beta: float
