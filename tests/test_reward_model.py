@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from smpo_pipeline.params import ScorerSizeParams, ScorerTrainingParams
 from smpo_pipeline.rewards import pickscore_training as ps
 from smpo_pipeline.world.grammar import all_compositions
 from smpo_pipeline.world.render import render
 
-SIZE = ps.ScorerSize(hidden_size=32, layers=1, heads=2, projection_dim=32)
+SIZE = ScorerSizeParams(hidden_size=32, layers=1, heads=2, projection_dim=32)
 
 
 def test_the_loss_is_the_cross_entropy_against_the_label_distribution_with_ties_as_halves():
@@ -63,7 +64,7 @@ def test_the_scorer_learns_which_image_matches_its_caption(grammar_tokenizer, sc
     torch.manual_seed(0)
     model, _ = ps.build_scorer(grammar_tokenizer, SIZE)
     before = ps.predict(model, held_out)
-    model, losses = ps.train_scorer(model, train, ps.TrainingSettings(steps=150, batch_size=32, learning_rate=3e-3,
+    model, losses = ps.train_scorer(model, train, ScorerTrainingParams(steps=150, batch_size=32, learning_rate=3e-3,
                                                                       warmup_steps=10), progress=False)
     after = ps.predict(model, held_out)
     label = held_out.label_0.numpy() == 1
@@ -75,7 +76,7 @@ def test_an_interrupted_run_resumes_on_the_same_curve(grammar_tokenizer, scorer_
     from smpo_pipeline.training import checkpoints
 
     _, train, _ = scorer_data
-    settings = ps.TrainingSettings(steps=30, batch_size=16, warmup_steps=5)
+    settings = ScorerTrainingParams(steps=30, batch_size=16, warmup_steps=5)
 
     def fresh():
         torch.manual_seed(1)

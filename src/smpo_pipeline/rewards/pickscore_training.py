@@ -24,31 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class ScorerSize:
-    """A tiny CLIP (ViT image tower, causal text tower) for the embedded world's 32 px images."""
-
-    image_size: int = 32
-    patch_size: int = 4
-    hidden_size: int = 64
-    layers: int = 3
-    heads: int = 4
-    projection_dim: int = 64
-    max_length: int = 16
+from smpo_pipeline.params import ScorerSizeParams, ScorerTrainingParams  # the sizes and settings, validated
 
 
-@dataclass(frozen=True)
-class TrainingSettings:
-    steps: int = 600
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    seed: int = 0
-
-
-def build_scorer(tokenizer, size: ScorerSize):
+def build_scorer(tokenizer, size: ScorerSizeParams):
     """A randomly initialised ``CLIPModel`` and its ``CLIPProcessor`` (the given tokenizer, an image
     processor that keeps the images at ``size.image_size``)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
@@ -111,7 +90,7 @@ def preference_loss(logits: torch.Tensor, label_0: torch.Tensor) -> torch.Tensor
     return -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 
-def train_scorer(model, train: PairTensors, config: TrainingSettings, checkpoint_dir: Path | None = None,
+def train_scorer(model, train: PairTensors, config: ScorerTrainingParams, checkpoint_dir: Path | None = None,
                  checkpoint_every: int = 100, progress: bool = True) -> tuple[object, list[float]]:
     """Fine-tune ``model`` on ``train`` with AdamW (warm-up, then cosine decay to 0); returns the
     model (in eval mode) and the loss of every step run now. With ``checkpoint_dir`` it saves every

@@ -32,13 +32,12 @@ def _initial_scorer(reward_model: RewardModelParams):
     import torch
     from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from smpo_pipeline.rewards.pickscore_training import ScorerSize, build_scorer
+    from smpo_pipeline.rewards.pickscore_training import build_scorer
 
     if reward_model.init is not None:  # a CLIP checkpoint to fine-tune, as PickScore fine-tunes CLIP-H
         return CLIPModel.from_pretrained(reward_model.init), CLIPProcessor.from_pretrained(reward_model.init)
     torch.manual_seed(reward_model.training.seed)  # the same initial weights every run: the run id is stable
-    return build_scorer(CLIPTokenizer.from_pretrained(reward_model.tokenizer),
-                        ScorerSize(**reward_model.size.model_dump()))
+    return build_scorer(CLIPTokenizer.from_pretrained(reward_model.tokenizer), reward_model.size)
 
 
 def _run_id(tensors, model, reward_model: RewardModelParams) -> str:
@@ -59,7 +58,7 @@ def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataP
     a summary). A re-run with the same pairs and settings finds its finished run and trains
     nothing; a killed run resumes from its latest checkpoint."""
     from smpo_pipeline.datasets import NotTrained
-    from smpo_pipeline.rewards.pickscore_training import TrainingSettings, train_scorer
+    from smpo_pipeline.rewards.pickscore_training import train_scorer
     from smpo_pipeline.training.checkpoints import latest
 
     if not reward_model.train:
@@ -76,8 +75,7 @@ def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataP
     reuse = "finished" if done >= steps else (f"resumed at step {done}" if done else "new")
     log.info("reward model: %s run %s (%d of %d steps done)",
              {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done, steps)
-    model, losses = train_scorer(model, tensors, TrainingSettings(**reward_model.training.model_dump()),
-                                 checkpoint_dir, reward_model.checkpoint_every)
+    model, losses = train_scorer(model, tensors, reward_model.training, checkpoint_dir, reward_model.checkpoint_every)
     summary = {"trained": True, "run_id": run_id, "reuse": reuse, "train_pairs": len(train), "steps": steps,
                "steps_run_now": len(losses), "init": reward_model.init or "built from reward_model.size",
                "parameters": sum(p.numel() for p in model.parameters()),
