@@ -14,18 +14,17 @@ from smpo_pipeline.params import DataParams, RewardModelParams
 log = logging.getLogger(__name__)
 
 
-def _pair_tensors(pairs, processor, images_dir: Path, max_length: int):
+def _pair_images(pairs, images_dir: Path):
+    """(images 0, images 1) of every pair, decoded to RGB once."""
     import io
 
     from PIL import Image
 
     from smpo_pipeline.ingest.images import pair_image_bytes
-    from smpo_pipeline.rewards.pickscore_training import pair_tensors
 
     data = pair_image_bytes(pairs, images_dir)
-    image = lambda uid: Image.open(io.BytesIO(data[uid])).convert("RGB")  # noqa: E731
-    return pair_tensors(processor, [image(u) for u in pairs.image_0_uid], [image(u) for u in pairs.image_1_uid],
-                        pairs.caption, pairs.label_0, max_length)
+    decode = lambda uids: [Image.open(io.BytesIO(data[u])).convert("RGB") for u in uids]  # noqa: E731
+    return decode(pairs.image_0_uid), decode(pairs.image_1_uid)
 
 
 def _initial_scorer(reward_model: RewardModelParams):
@@ -58,7 +57,7 @@ def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataP
     a summary). A re-run with the same pairs and settings finds its finished run and trains
     nothing; a killed run resumes from its latest checkpoint."""
     from smpo_pipeline.datasets import NotTrained
-    from smpo_pipeline.rewards.pickscore_training import train_scorer
+    from smpo_pipeline.rewards.pickscore_training import pair_tensors, train_scorer
     from smpo_pipeline.training.checkpoints import latest
 
     if not reward_model.train:
@@ -66,7 +65,8 @@ def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataP
         return NotTrained("reward_model", "reward_model.train is false"), {"trained": False}
     model, processor = _initial_scorer(reward_model)
     train = clean_pairs[clean_pairs.split == "train"].reset_index(drop=True)
-    tensors = _pair_tensors(train, processor, Path(data.work_dir), reward_model.size.max_length)
+    tensors = pair_tensors(processor, *_pair_images(train, Path(data.work_dir)), train.caption, train.label_0,
+                           reward_model.size.max_length)
     run_id = _run_id(tensors, model, reward_model)
     checkpoint_dir = Path(reward_model.checkpoint_root) / run_id
     found = latest(checkpoint_dir)
@@ -89,12 +89,13 @@ def measure_reward_model(reward_model, training: dict, clean_pairs, params: Rewa
     embedded world's shapes-oracle) agreement on the same pairs, how often the two order a pair
     alike, and how their margins correlate."""
     from smpo_pipeline.datasets import NotTrained
-    from smpo_pipeline.rewards.pickscore_training import agreement_interval, calibration, predict
+    from smpo_pipeline.rewards.pickscore_training import agreement_interval, calibration, pair_tensors, predict
 
     if isinstance(reward_model, NotTrained):
         return training | {"reason": reward_model.reason}, _figure(None, None, None)
     held_out = clean_pairs[clean_pairs.split == "validation"].reset_index(drop=True)
-    tensors = _pair_tensors(held_out, reward_model["processor"], Path(data.work_dir), params.size.max_length)
+    images = _pair_images(held_out, Path(data.work_dir))
+    tensors = pair_tensors(reward_model["processor"], *images, held_out.caption, held_out.label_0, params.size.max_length)
     prob = predict(reward_model["model"], tensors)
     label = held_out.label_0.to_numpy(dtype=float)
     decided = label != 0.5
@@ -107,7 +108,7 @@ def measure_reward_model(reward_model, training: dict, clean_pairs, params: Rewa
     }
     reference = None
     if params.reference_model is not None:
-        reference = _reference_margins(held_out, params.reference_model, Path(data.work_dir))
+        reference = _reference_margins(held_out, images, params.reference_model)
         learned_margin = np.log(prob / (1 - prob))  # = logit_scale · (cos_0 − cos_1)
         report["reference"] = {
             "model": params.reference_model,
@@ -122,20 +123,12 @@ def measure_reward_model(reward_model, training: dict, clean_pairs, params: Rewa
     return report, _figure(report, prob, reference)
 
 
-def _reference_margins(pairs, name: str, images_dir: Path) -> np.ndarray:
+def _reference_margins(pairs, images, name: str) -> np.ndarray:
     """score(image 0) − score(image 1) of every pair by the reference reward model."""
-    import io
-
-    from PIL import Image
-
-    from smpo_pipeline.ingest.images import pair_image_bytes
     from smpo_pipeline.rewards import build_reward_model
 
     model = build_reward_model(name)
-    data = pair_image_bytes(pairs, images_dir)
-    score = lambda column: model.score([Image.open(io.BytesIO(data[u])).convert("RGB") for u in pairs[column]],  # noqa: E731
-                                       list(pairs.caption))
-    return score("image_0_uid") - score("image_1_uid")
+    return model.score(images[0], list(pairs.caption)) - model.score(images[1], list(pairs.caption))
 
 
 def _figure(report: dict | None, prob, reference):
