@@ -46,11 +46,15 @@ def test_preference_pairs_carry_both_orders_and_the_smoothed_probability(scored_
     assert {"reward_winner", "label_winner", "orders_agree", "image_w_uid", "image_l_uid"} <= set(pairs.columns)
 
 
-def test_a_second_run_scores_nothing_and_training_can_take_the_label_order(scored_project):
-    parts = sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet"))
-    run_kedro(scored_project, ["rewards"], {"rewards": ORACLE["rewards"] | {"tau": 0.5}})
-    assert sorted((scored_project / "data/03_primary/reward_scores").rglob("part-*.parquet")) == parts
-    pairs = smoothing.orient_pairs(pd.read_parquet(scored_project / "data/04_feature/preference_pairs.parquet"), "label")
+def test_a_second_run_scores_nothing_and_training_can_take_the_label_order(scored_project, tmp_path):
+    import shutil
+
+    project = shutil.copytree(scored_project, tmp_path / "project")  # a copy: the other tests read τ = 1
+    parts = sorted(p.relative_to(project) for p in (project / "data/03_primary/reward_scores").rglob("part-*.parquet"))
+    run_kedro(project, ["rewards"], {"rewards": ORACLE["rewards"] | {"tau": 0.5}})
+    assert sorted(p.relative_to(project) for p in (project / "data/03_primary/reward_scores").rglob("part-*.parquet")) \
+        == parts
+    pairs = smoothing.orient_pairs(pd.read_parquet(project / "data/04_feature/preference_pairs.parquet"), "label")
     decided = pairs.label_winner >= 0
     assert (pairs.winner[decided] == pairs.label_winner[decided]).all()
-    assert (pairs.p[~pairs.orders_agree & decided] < 0.5).any()  # the reward disagrees: p below ½  # the reward disagrees: p below ½
+    assert (pairs.p[~pairs.orders_agree & decided] < 0.5).any()  # the reward disagrees: p below ½
