@@ -64,6 +64,10 @@ def _normalised_scores(pairs, scores, bounds):
     return s0, s1, normalise(s0, low, high), normalise(s1, low, high), (low, high)
 
 
+def _quantiles(x) -> dict[str, float]:
+    return {f"q{int(k * 100):02d}": round(float(np.quantile(x, k)), 5) for k in (0.05, 0.25, 0.5, 0.75, 0.95)}
+
+
 def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
     """Per pair: both orders (reward, human label) and whether they agree; the pair oriented by the
     reward (SmPO's winner), its normalised rewards, the smoothed probability p and the SmPO weight
@@ -96,7 +100,6 @@ def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
     pairs["smpo_weight"] = smpo_weight(pairs.p, rewards.gamma)
 
     agreement = float(pairs.orders_agree[decided].mean()) if decided.any() else float("nan")
-    q = lambda x: {f"q{int(k * 100):02d}": round(float(np.quantile(x, k)), 5) for k in (0.05, 0.25, 0.5, 0.75, 0.95)}  # noqa: E731
     report = {
         "reward_model": rewards.model,
         "reward_model_id": smoothing["model_id"].iloc[0],
@@ -105,15 +108,15 @@ def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
         "tau": rewards.tau, "gamma": rewards.gamma,
         "reward_label_agreement": round(agreement, 4),
         "non_tie_pairs_compared": int(decided.sum()),
-        "p": {"mean": round(float(pairs.p.mean()), 5)} | q(pairs.p),
-        "margin": {"mean": round(float(pairs.margin.mean()), 5)} | q(pairs.margin),
+        "p": {"mean": round(float(pairs.p.mean()), 5)} | _quantiles(pairs.p),
+        "margin": {"mean": round(float(pairs.margin.mean()), 5)} | _quantiles(pairs.margin),
         "scores": {"mean": round(float(smoothing.score.mean()), 5), "std": round(float(smoothing.score.std()), 5)},
     }
     reference = None
     if rewards.reference is not None:
         reference = _against_reference(pairs, reward_scores[reward_scores.role == "reference"], rewards, decided)
         report["reference"] = reference["report"]
-        # SmPO can smooth with the reference instead (train.smoothing_reward: reference): its values
+        # SmPO can smooth with the reference instead (train.smoothing_by: reference): its values
         # in the table's orientation, p < ½ where it prefers the other image (smoothing.by_reference).
         pairs["reference_p"], pairs["reference_margin"] = reference["p"], reference["margin"]
         pairs["reference_r_w"], pairs["reference_r_l"] = reference["r_w"], reference["r_l"]
@@ -140,15 +143,14 @@ def _against_reference(pairs, scores, rewards: RewardsParams, decided) -> dict:
     margin_ref = np.where(first, s0 - s1, s1 - s0)
     label_first = pairs.label_0.to_numpy() > pairs.label_1.to_numpy()
     decided = decided.to_numpy() & (s0 != s1)
-    q = lambda x: {f"q{int(k * 100):02d}": round(float(np.quantile(x, k)), 5) for k in (0.05, 0.25, 0.5, 0.75, 0.95)}  # noqa: E731
     report = {
         "model": ref.model, "model_id": scores["model_id"].iloc[0], "bounds": {"method": ref.bounds.method,
                                                                               "low": low, "high": high},
         "order_agreement": round(float((margin_ref > 0).mean()), 4),
         "reward_label_agreement": round(float(((s0 > s1) == label_first)[decided].mean()), 4),
         "margin_correlation": round(float(np.corrcoef(pairs.margin, margin_ref)[0, 1]), 4),
-        "p": {"mean": round(float(p.mean()), 5)} | q(p),
-        "smpo_weight": {"mean": round(float(weight.mean()), 5)} | q(weight),
+        "p": {"mean": round(float(p.mean()), 5)} | _quantiles(p),
+        "smpo_weight": {"mean": round(float(weight.mean()), 5)} | _quantiles(weight),
     }
     return {"report": report, "p": p, "weight": weight, "margin": margin_ref, "r_w": r_w, "r_l": r_l}
 
