@@ -4,7 +4,7 @@
    samples, as drawn and after encoding and decoding (posterior mean, posterior sample). Fine-tuning
    on re-encoded images can at best reproduce the round trip.
 2. The upper bound of any fine-tuning in a budget: supervised fine-tuning on *ideal renders with
-   their true captions*, with the project's LoRA (``training.trainer.add_lora``) or the full UNet,
+   their true captions*, with the project's LoRA (``training.policy.add_lora``) or the full UNet,
    the latents drawn from the VAE posterior (``--latents sample``, as the pretraining) or its mean.
    A preference objective should not be expected to beat perfect supervision on as many images.
 
@@ -13,7 +13,9 @@
    render of the caption and whose rejected image is the base model's own candidate of a training
    pair (its latents from the training cache). Against ``sft-on-renders`` it says whether DPO can
    use a large quality difference between the two images of a pair, which the shipped pairs, drawn
-   from one model, do not have.
+   from one model, do not have. ``dpo-on-generator-pairs`` replaces the render by a sample of a
+   second generator (the base fine-tuned on renders for ``--generator-steps``), the pair ordered
+   by the shapes-oracle: pairs from two generators, as Pick-a-Pic's are.
 
 4. How the VAE's fidelity grows with training (``vae-training``): the bootstrap's VAE recipe
    (``conf/base/parameters_bootstrap.yml``) trained from scratch for ``--steps``, with the PSNR, the
@@ -23,6 +25,8 @@
     .venv/bin/python benchmarks/fine_tuning_ceiling.py vae-training --steps 600 --every 150
     .venv/bin/python benchmarks/fine_tuning_ceiling.py sft-on-renders --steps 150 --lora-rank 8 --lr 1e-3
     .venv/bin/python benchmarks/fine_tuning_ceiling.py dpo-on-renders --steps 300 --lora-rank 0 --lr 3e-5
+    .venv/bin/python benchmarks/fine_tuning_ceiling.py dpo-on-generator-pairs --generator-steps 600 --steps 300 \
+        --every 100 --lr 3e-5 --lora-rank 0
 
 Validation prompts only (the first ``--prompts``, one image each, seeds 0…N−1, Euler 20 steps,
 guidance 3, as ``benchmarks/preference_regime.py``).
@@ -72,16 +76,18 @@ def round_trip(pipe, prompts: list[str]) -> None:
 
 
 def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size: int, lr: float, lora_rank: int,
-                   latents: str, images: int) -> None:
+                   latents: str, images: int):
+    """Fine-tunes a copy of ``pipe``'s UNet on ideal renders with their true captions, prints the
+    validation reward every ``every`` steps and returns the fine-tuned UNet (LoRA merged)."""
     import numpy as np
     import torch
 
-    from smpo_pipeline.models.base_training import render_batch
+    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.models.conditioning import drop_captions, encode_prompts, time_ids
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
-    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
-    from smpo_pipeline.training.trainer import add_lora, merged_unet
+    from smpo_pipeline.evaluation import oracle_rewards
+    from smpo_pipeline.training.policy import add_lora, merged_unet
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -121,38 +127,76 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
         if step % every == 0 or step == steps:
             reward = validation_reward()
             print(f"step {step:>4}: validation reward {reward:.4f} ({reward - base:+.4f} over the base)", flush=True)
+    return (merged_unet(unet) if lora_rank else unet).eval()
 
 
-def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size: int, lr: float, beta: float) -> None:
+def _encode(vae, images):
+    """Posterior mean and standard deviation of PIL ``images`` (scaled latents), in chunks of 512."""
+    import numpy as np
+    import torch
+
+    means, stds = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), 512):
+            chunk = np.stack([np.asarray(i.convert("RGB")) for i in images[start:start + 512]])
+            posterior = vae.encode(torch.from_numpy(chunk).permute(0, 3, 1, 2).float().div(127.5).sub(1)).latent_dist
+            means.append(posterior.mean * vae.config.scaling_factor)
+            stds.append(posterior.std * vae.config.scaling_factor)
+    return torch.cat(means), torch.cat(stds)
+
+
+def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size: int, lr: float, beta: float,
+                   generator_unet=None) -> None:
+    """DPO against the base's rejected images. The other image of a pair is the ideal render of the
+    caption, or, with ``generator_unet``, a sample of that second generator (the base's VAE and text
+    encoders, Euler 20 steps, guidance 3), in which case the shapes-oracle orders the pair."""
     import numpy as np
     import pandas as pd
     import torch
     from diffusers import DDPMScheduler
 
     from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.base_training import render_batch
+    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.models.conditioning import drop_captions
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+    from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.smoothing import training_pairs
     from smpo_pipeline.training.step import PairBatch, preference_loss
-    from smpo_pipeline.training.trainer import CachedPairs
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+    from smpo_pipeline.training.data import CachedPairs
+    from smpo_pipeline.training.cache import CacheReader, Fingerprints
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
     pairs = training_pairs(pd.read_parquet("data/04_feature/preference_pairs.parquet"), "label")
     data = CachedPairs(pairs, CacheReader(Path("data/05_model_input/training_cache")),
-                       Fingerprints.of(pipe, InversionConfig(10, 1, 1.0)), False)
-    means, stds = [], []
-    with torch.no_grad():  # the winners: an ideal render of every pair's caption, encoded once
-        for start in range(0, len(pairs), 512):
-            posterior = pipe.vae.encode(render_batch(list(pairs.caption[start:start + 512]), 32, rng)).latent_dist
-            means.append(posterior.mean * pipe.vae.config.scaling_factor)
-            stds.append(posterior.std * pipe.vae.config.scaling_factor)
-    mean, std = torch.cat(means), torch.cat(stds)
+                       Fingerprints.of(pipe, InversionConfig(num_steps=10, renoise_iterations=1, guidance_scale=1.0)), False)
+    swap = torch.zeros(len(pairs), dtype=torch.bool)  # True: the base's image wins the pair
+    if generator_unet is None:
+        means, stds = [], []
+        with torch.no_grad():  # the winners: an ideal render of every pair's caption, encoded once
+            for start in range(0, len(pairs), 512):
+                posterior = pipe.vae.encode(render_batch(list(pairs.caption[start:start + 512]), 32, rng)).latent_dist
+                means.append(posterior.mean * pipe.vae.config.scaling_factor)
+                stds.append(posterior.std * pipe.vae.config.scaling_factor)
+        mean, std = torch.cat(means), torch.cat(stds)
+    else:
+        from smpo_pipeline.models.sampling import generate
+        from smpo_pipeline.world.oracle import oracle_reward
+
+        captions = sorted(set(pairs.caption))
+        second = type(pipe)(**{**pipe.components, "unet": generator_unet})
+        images = generate(second, captions, [10_000 + i for i in range(len(captions))], SamplingProtocol(20, 3.0, 32),
+                          64, desc="second generator")
+        rewards = {c: oracle_reward(i, c) for c, i in zip(captions, images, strict=True)}
+        by_caption = {c: i for i, c in enumerate(captions)}
+        mean, std = _encode(pipe.vae, images)
+        index = torch.tensor([by_caption[c] for c in pairs.caption])
+        mean, std = mean[index], std[index]
+        swap = torch.tensor([rewards[c] < r for c, r in zip(pairs.caption, pairs.reference_r_l, strict=True)])
+        print(f"second generator: oracle reward {np.mean(list(rewards.values())):.4f} on {len(captions)} training "
+              f"prompts; its image wins {1 - swap.float().mean():.1%} of pairs against the base's rejected image")
     alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
     policy, reference = copy.deepcopy(pipe.unet).train(), copy.deepcopy(pipe.unet).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
@@ -168,8 +212,10 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
         rows = rng.integers(0, len(pairs), batch_size)
         loser = data.batch(rows, generator)
         idx = torch.from_numpy(rows)
-        winner = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)
-        batch = PairBatch(winner, loser.latents_l, loser.prompt_embeds, loser.pooled, loser.time_ids, loser.prob)
+        other = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)
+        flip = swap[idx].view(-1, 1, 1, 1)
+        batch = PairBatch(torch.where(flip, loser.latents_l, other), torch.where(flip, other, loser.latents_l),
+                          loser.prompt_embeds, loser.pooled, loser.time_ids, loser.prob)
         batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled,
                                                           torch.rand(batch_size, generator=generator) < 0.2)
         loss, metrics = preference_loss(policy, reference, batch, torch.randint(0, 1000, (batch_size,), generator=generator),
@@ -191,7 +237,7 @@ def vae_training(prompts: list[str], steps: int, every: int) -> None:
     import torch
     import yaml
 
-    from smpo_pipeline.models.base_training import render_batch
+    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.models.sampling import vae_round_trip
     from smpo_pipeline.models.tiny_sdxl import build_vae
     from smpo_pipeline.params import BaseModelParams, WorldParams
@@ -235,7 +281,8 @@ def main() -> None:
 
     apply_project_environment()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("measure", choices=["round-trip", "sft-on-renders", "dpo-on-renders", "vae-training"])
+    parser.add_argument("measure", choices=["round-trip", "sft-on-renders", "dpo-on-renders", "dpo-on-generator-pairs",
+                                            "vae-training"])
     parser.add_argument("--prompts", type=int, default=96, help="the first N validation prompts")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--every", type=int, default=75)
@@ -245,6 +292,8 @@ def main() -> None:
     parser.add_argument("--latents", choices=["sample", "mean"], default="sample")
     parser.add_argument("--beta", type=float, default=5000.0, help="dpo-on-renders: Diffusion-DPO's β")
     parser.add_argument("--images", type=int, default=4096, help="renders of training prompts to fine-tune on")
+    parser.add_argument("--generator-steps", type=int, default=600,
+                        help="dpo-on-generator-pairs: fine-tuning steps of the second generator")
     args = parser.parse_args()
     pipe = StableDiffusionXLPipeline.from_pretrained(BASE)
     prompts = _prompts("validation", args.prompts)
@@ -252,6 +301,12 @@ def main() -> None:
         vae_training(prompts, args.steps, args.every)
     elif args.measure == "dpo-on-renders":
         dpo_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.beta)
+    elif args.measure == "dpo-on-generator-pairs":
+        print(f"second generator: the base fine-tuned on ideal renders, full UNet, lr 1e-4, "
+              f"{args.generator_steps} steps")
+        second = sft_on_renders(pipe, prompts, args.generator_steps, args.generator_steps, args.batch_size, 1e-4, 0,
+                                "sample", args.images)
+        dpo_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.beta, second)
     elif args.measure == "round-trip":
         round_trip(pipe, prompts)
     else:

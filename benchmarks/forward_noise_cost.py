@@ -40,7 +40,7 @@ def main() -> None:
     policy, reference = pipe.unet.train(), copy.deepcopy(pipe.unet).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
-    inv = InversionConfig(args.num_steps, args.renoise)
+    inv = InversionConfig(num_steps=args.num_steps, renoise_iterations=args.renoise)
     scheduler = inverse_scheduler(NOISE_SCHEDULE, args.num_steps)
     g = torch.Generator().manual_seed(0)
     b, c, s = args.pairs, pipe.unet.config.in_channels, pipe.unet.config.sample_size

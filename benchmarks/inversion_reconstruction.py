@@ -26,7 +26,7 @@ def main() -> None:
     from diffusers import StableDiffusionXLPipeline
 
     from smpo_pipeline.inversion import InversionConfig, ddim_reconstruct, inverse_scheduler, renoise_inversion
-    from smpo_pipeline.models.base_training import render_batch
+    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.models.conditioning import encode_prompts, time_ids
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.world.grammar import split_compositions
@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{args.images} test-prompt renders, K = {args.steps}, guidance 1 (prompt only)")
     print(f"{'R':>3} {'UNet passes':>12} {'relative MSE of x0':>20}")
     for r in range(4):
-        trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, InversionConfig(args.steps, r))
+        trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, InversionConfig(num_steps=args.steps, renoise_iterations=r))
         back = ddim_reconstruct(pipe.unet, trajectory[-1], cond, NOISE_SCHEDULE, args.steps)
         error = ((back - x0) ** 2).mean() / (x0**2).mean()
         print(f"{r:>3} {args.steps * (r + 1):>12} {error.item():>20.4f}")

@@ -52,7 +52,7 @@ def run_context(chain: dict, params: dict, sweep: dict) -> str:
     """What a sweep's runs depend on besides their configuration: the base model's weights, every
     value of the pairs, the prompts and the evaluation schedule. Earlier runs are reused only under
     the same context."""
-    from smpo_pipeline.checksums import frame_digest
+    from smpo_pipeline.keys import frame_digest
     from smpo_pipeline.models.sampling import model_fingerprint
 
     pairs = chain["preference_pairs"]
@@ -69,23 +69,22 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     ``evaluate(unet) -> dict`` is called every ``every`` steps and at the end."""
     from diffusers import DDPMScheduler
 
-    from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.params import CacheParams
-    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config
+    from smpo_pipeline.training.runs import check_cache, train_config
     from smpo_pipeline.smoothing import preference_probability, training_pairs
-    from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints
+    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
+    from smpo_pipeline.training.trainer import train_preference
+    from smpo_pipeline.training.cache import CacheReader, Fingerprints
 
     train = merged_train(params, config)
     cache = CacheParams.model_validate(params["cache"])
     objective = config["objective"]
     base = chain["base_model"]
-    inv = cache.inversion
-    inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
-    noise = train.inversion if objective == "smpo" else "none"
+    inversion = cache.inversion.config()
+    noise = train.forward_noise if objective == "smpo" else "none"
     prints = Fingerprints.of(base, inversion)
-    _check_cache(chain["cache_report"], prints, inversion, trajectories=noise == "cached")
+    check_cache(chain["cache_report"], prints, inversion, trajectories=noise == "cached")
     # Each objective learns its own winner (train.pair_order); SFT the reward's unless `order` says otherwise.
     order = config.get("order", "reward") if objective == "sft" else train.order_for(objective)
     pairs = training_pairs(chain["preference_pairs"], order, train.smoothing_by, train.gamma)
@@ -96,7 +95,7 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints) \
         if objective == "dro" else None
     e = train.evaluation
-    config_ = _train_config(objective, train.model_copy(update={"evaluation": e.model_copy(update={"every": every})}),
+    config_ = train_config(objective, train.model_copy(update={"evaluation": e.model_copy(update={"every": every})}),
                             noise, seed)
     if objective == "sft":  # implicit accuracy measured as DPO's, for comparison
         config_ = replace(config_, beta=train.beta["dpo"])
@@ -111,7 +110,7 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
     import numpy as np
 
     from smpo_pipeline.models.sampling import SamplingProtocol
-    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+    from smpo_pipeline.evaluation import oracle_rewards
 
     base = chain["base_model"]
     val = chain["prompts_validation"][:prompts]
@@ -180,7 +179,7 @@ def main() -> None:
         base_reward = earlier["base_reward"]
     if base_reward is None:
         from smpo_pipeline.models.sampling import SamplingProtocol
-        from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+        from smpo_pipeline.evaluation import oracle_rewards
 
         base = chain["base_model"]
         e = params["train"]["evaluation"]

@@ -44,7 +44,7 @@ def _validation_reward(unet, chain: dict, params: dict, prompts: int = 96) -> fl
     """The mean oracle reward on the first validation prompts, one image each, as the regime sweeps
     measure it (``benchmarks/preference_regime.py``)."""
     from smpo_pipeline.models.sampling import SamplingProtocol
-    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+    from smpo_pipeline.evaluation import oracle_rewards
 
     base = chain["base_model"]
     e = params["train"]["evaluation"]
@@ -57,7 +57,7 @@ def _validation_reward(unet, chain: dict, params: dict, prompts: int = 96) -> fl
 def _scores(unet, chain: dict, params: dict) -> list[float]:
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.params import EvaluationParams
-    from smpo_pipeline.pipelines.train.nodes import oracle_rewards
+    from smpo_pipeline.evaluation import oracle_rewards
 
     base = chain["base_model"]
     e = EvaluationParams.model_validate(params["evaluation"])

@@ -64,7 +64,7 @@ def _setup(args):
     embeds = torch.randn(b, tokens, width, generator=g).to(device, dtype)
     pooled = torch.randn(b, pooled_dim, generator=g).to(device, dtype)
     tids = torch.tensor([[size, size, 0, 0, size, size]], dtype=dtype).repeat(b, 1).to(device)
-    inv = InversionConfig(args.num_steps, args.renoise)
+    inv = InversionConfig(num_steps=args.num_steps, renoise_iterations=args.renoise)
     scheduler = inverse_scheduler(NOISE_SCHEDULE, args.num_steps)
     cond = {"prompt_embeds": embeds.repeat(2, 1, 1), "pooled": pooled.repeat(2, 1), "time_ids": tids.repeat(2, 1)}
     with torch.no_grad():  # what the cache holds: the reference's trajectories

@@ -24,7 +24,7 @@ from smpo_pipeline.inversion import (
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.pickapic import jpeg_bytes
 from smpo_pipeline.runtime import torchrun_command
-from smpo_pipeline.training_cache import CacheReader, Fingerprints, ShardedCache, build_cache
+from smpo_pipeline.training.cache import CacheReader, Fingerprints, ShardedCache, build_cache
 from smpo_pipeline.world.grammar import all_compositions
 from smpo_pipeline.world.render import render
 
@@ -108,7 +108,7 @@ def test_inversion_reconstructs_and_more_renoising_does_not_hurt(pipe):
     scheduler = inverse_scheduler(NOISE_SCHEDULE, 10)
     errors = {}
     for r in (0, 1, 3):
-        z = renoise_inversion(model, x0, cond, scheduler, InversionConfig(10, r))[-1]
+        z = renoise_inversion(model, x0, cond, scheduler, InversionConfig(num_steps=10, renoise_iterations=r))[-1]
         back = ddim_reconstruct(model, z, cond, NOISE_SCHEDULE, 10)
         errors[r] = (((back - x0) ** 2).mean() / (x0**2).mean()).item()
     assert errors[1] < 0.01, errors
@@ -134,7 +134,7 @@ def _entries(root):
 
 def test_cache_builds_once_and_stores_what_training_needs(pipe, tmp_path):
     items = _items(6)
-    config = InversionConfig(10, 1)
+    config = InversionConfig(num_steps=10, renoise_iterations=1)
     counts = build_cache(pipe, items, tmp_path, config, batch_size=2, progress=False)
     assert counts == {"items": 6, "latents": 6, "texts": 6, "trajectories": 6, "shards": 6}
     again = build_cache(pipe, items, tmp_path, config, batch_size=2, progress=False)
@@ -157,12 +157,12 @@ def test_training_reads_a_fresh_posterior_sample_of_each_latent_and_the_mean_for
     lowers its reward (docs/regime.md). So the cache keeps mean and std and training draws anew."""
     import pandas as pd
 
-    from smpo_pipeline.training.trainer import CachedPairs
+    from smpo_pipeline.training.data import CachedPairs
 
     rng = np.random.default_rng(1)
     first = _items(2)
     items = first + [(f"{u}-other", c, jpeg_bytes(render(c, rng=rng))) for u, c, _ in first]  # same prompts
-    config = InversionConfig(10, 1)
+    config = InversionConfig(num_steps=10, renoise_iterations=1)
     build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False)
     prints = Fingerprints.of(pipe, config)
     uids = [u for u, _, _ in items]
@@ -183,26 +183,26 @@ def test_training_reads_a_fresh_posterior_sample_of_each_latent_and_the_mean_for
 
 
 def test_a_cache_without_trajectories_serves_dpo_and_is_refused_for_cached_smpo(pipe, tmp_path):
-    from smpo_pipeline.pipelines.train.nodes import _check_cache
+    from smpo_pipeline.training.runs import check_cache
 
-    items, config = _items(4), InversionConfig(10, 1)
+    items, config = _items(4), InversionConfig(num_steps=10, renoise_iterations=1)
     counts = build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False, trajectories=False)
     assert counts["latents"] == 4 and counts["trajectories"] == 0
     assert not [e for e in _entries(tmp_path) if e.startswith("traj/")]
     report, prints = CacheReader(tmp_path).summary(), Fingerprints.of(pipe, config)
-    _check_cache(report, prints, config, trajectories=False)  # DPO, DRO, SmPO with random or online noise
+    check_cache(report, prints, config, trajectories=False)  # DPO, DRO, SmPO with random or online noise
     with pytest.raises(ValueError, match=r"cache.trajectories: true"):
-        _check_cache(report, prints, config, trajectories=True)
+        check_cache(report, prints, config, trajectories=True)
     # Asking for them later computes only the trajectories.
     counts = build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False)
     assert counts["trajectories"] == 4 and counts["texts"] == 0
-    _check_cache(CacheReader(tmp_path).summary(), prints, config, trajectories=True)
+    check_cache(CacheReader(tmp_path).summary(), prints, config, trajectories=True)
 
 
 def test_changing_the_inversion_invalidates_exactly_the_trajectories(pipe, tmp_path):
     items = _items(4)
-    build_cache(pipe, items, tmp_path, InversionConfig(10, 1), batch_size=4, progress=False)
-    counts = build_cache(pipe, items, tmp_path, InversionConfig(10, 2), batch_size=4, progress=False)
+    build_cache(pipe, items, tmp_path, InversionConfig(num_steps=10, renoise_iterations=1), batch_size=4, progress=False)
+    counts = build_cache(pipe, items, tmp_path, InversionConfig(num_steps=10, renoise_iterations=2), batch_size=4, progress=False)
     assert counts["texts"] == 0 and counts["trajectories"] == 4  # latents are rewritten beside them
     assert len([e for e in _entries(tmp_path) if e.startswith("traj/")]) == 8
 
@@ -226,7 +226,7 @@ from pathlib import Path
 from smpo_pipeline.runtime import apply_project_environment; apply_project_environment()
 from diffusers import StableDiffusionXLPipeline
 from smpo_pipeline.inversion import InversionConfig
-from smpo_pipeline.training_cache import build_cache
+from smpo_pipeline.training.cache import build_cache
 pipe = StableDiffusionXLPipeline.from_pretrained(sys.argv[1])
 items = pickle.loads(Path(sys.argv[2]).read_bytes())
 def die(shards):
@@ -259,7 +259,7 @@ def test_two_processes_split_the_work_without_overlap(tiny_pipeline_dir, tmp_pat
                              "jpg": [b for _, _, b in items]}), tmp_path / "items.parquet")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
-        torchrun_command(2, "smpo_pipeline.training_cache", "--model", str(tiny_pipeline_dir),
+        torchrun_command(2, "smpo_pipeline.training.cache", "--model", str(tiny_pipeline_dir),
                          "--items", str(tmp_path / "items.parquet"), "--root", str(tmp_path / "cache"),
                          "--batch-size", "2", "--threads", "1"),
         capture_output=True, text=True, env=env, timeout=600,

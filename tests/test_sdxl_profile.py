@@ -74,14 +74,14 @@ def test_deepspeed_configs_parse_and_match_the_batch_arithmetic(name, monkeypatc
 def test_the_trainer_hands_deepspeed_the_profiles_batch(alternative):
     import yaml
 
-    from smpo_pipeline.pipelines.train.nodes import _train_config
-    from smpo_pipeline.training.trainer import _deepspeed_config
+    from smpo_pipeline.training.runs import train_config
+    from smpo_pipeline.training.engine import deepspeed_config
 
     override = yaml.safe_load((PROJECT_ROOT / "conf/sdxl/alternatives" / alternative).read_text()) if alternative else None
     train = validate_parameters(_sdxl_parameters(override)).train
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(PROJECT_ROOT)
-        ds = _deepspeed_config(_train_config(train.objectives[0], train, "none"))
+        ds = deepspeed_config(train_config(train.objectives[0], train, "none"))
     on_file = json.loads((PROJECT_ROOT / train.deepspeed_config).read_text())
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * train.num_processes \
         == on_file["train_batch_size"]

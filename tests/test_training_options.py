@@ -80,12 +80,14 @@ def test_dro_loss_of_an_unchanged_policy_is_the_margin(unet_and_cond):
 
 
 def _train(tiny_pipeline_dir, tmp_path, objective="dpo", **options):
-    from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, TrainConfig, expert_pool, train_preference
+    from smpo_pipeline.training.config import TrainConfig
+    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
+    from smpo_pipeline.training.trainer import train_preference
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)
     records = []
-    config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, inversion="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, **options)
-    policy = train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(5, 1),
+    config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, forward_noise="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, **options)
+    policy = train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(num_steps=5, renoise_iterations=1),
                               _alphas(), lambda step, r: records.append(r),
                               CachedExperts(expert_pool(pairs), reader, prints))
     return pipe, policy, records
@@ -101,7 +103,7 @@ def test_dro_trains_the_policy_from_expert_images_and_its_own_samples(tiny_pipel
 def test_expert_pool_takes_winners_or_the_top_k_images_by_reward():
     import pandas as pd
 
-    from smpo_pipeline.training.trainer import expert_pool
+    from smpo_pipeline.training.data import expert_pool
 
     pairs = pd.DataFrame({"image_w_uid": ["a", "b"], "image_l_uid": ["c", "d"], "caption": ["x", "y"],
                           "r_w": [0.5, 0.9], "r_l": [0.7, 0.1]})
@@ -125,7 +127,7 @@ def test_lora_trains_only_adapters_against_the_adapter_free_reference_and_merges
 def test_lora_merge_reproduces_the_adapter_model(tiny_pipeline_dir):
     from diffusers import StableDiffusionXLPipeline
 
-    from smpo_pipeline.training.trainer import add_lora, merged_unet
+    from smpo_pipeline.training.policy import add_lora, merged_unet
 
     unet = add_lora(StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir).unet, 4, 8.0).eval()
     with torch.no_grad():
@@ -160,15 +162,19 @@ def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_
     of 6 plain steps; each record must be the mean of its two (the reference's MSE differs per batch)."""
     from dataclasses import replace
 
-    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training.config import TrainConfig
+
+    from smpo_pipeline.training.data import CachedPairs
+
+    from smpo_pipeline.training.trainer import train_preference
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)
-    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="none", steps=6, batch_size=2, learning_rate=0.0, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0)
+    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="none", steps=6, batch_size=2, learning_rate=0.0, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0)
     runs = {}
     for accumulation, steps in [(1, 6), (2, 3)]:
         runs[accumulation] = []
         train_preference(copy.deepcopy(pipe.unet), CachedPairs(pairs, reader, prints, False),
-                         replace(config, steps=steps, gradient_accumulation=accumulation), InversionConfig(5, 1),
+                         replace(config, steps=steps, gradient_accumulation=accumulation), InversionConfig(num_steps=5, renoise_iterations=1),
                          _alphas(), lambda step, r, out=runs[accumulation]: out.append(r))
     plain = np.array([r["ref_mse"] for r in runs[1]])
     assert len(set(plain.round(6))) > 1  # the micro-batches differ, so the last one is not the mean
@@ -177,8 +183,9 @@ def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_
 
 
 def test_fp16_without_deepspeed_is_refused(unet_and_cond):
-    from smpo_pipeline.training.trainer import TrainConfig, train_preference
+    from smpo_pipeline.training.config import TrainConfig
+    from smpo_pipeline.training.trainer import train_preference
 
-    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, precision="fp16")
+    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, precision="fp16")
     with pytest.raises(ValueError, match="fp16 needs loss scaling"):
-        train_preference(unet_and_cond[0], None, config, InversionConfig(5, 1), _alphas())
+        train_preference(unet_and_cond[0], None, config, InversionConfig(num_steps=5, renoise_iterations=1), _alphas())

@@ -20,18 +20,18 @@ def training_set(tiny_pipeline_dir, root, n=4, probs=(0.9, 0.7, 0.6, 0.8)):
     from diffusers import StableDiffusionXLPipeline
 
     from smpo_pipeline.pickapic import jpeg_bytes
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints, build_cache
+    from smpo_pipeline.training.cache import CacheReader, Fingerprints, build_cache
     from smpo_pipeline.world.grammar import all_compositions
     from smpo_pipeline.world.render import render
 
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
     comps = all_compositions()[:n]
     items = [(f"{k}{i}", c.prompt, jpeg_bytes(render(c))) for i, c in enumerate(comps) for k in "wl"]
-    build_cache(pipe, items, root / "cache", InversionConfig(5, 1), batch_size=8, progress=False)
+    build_cache(pipe, items, root / "cache", InversionConfig(num_steps=5, renoise_iterations=1), batch_size=8, progress=False)
     pairs = pd.DataFrame({"image_w_uid": [f"w{i}" for i in range(n)], "image_l_uid": [f"l{i}" for i in range(n)],
                           "caption": [c.prompt for c in comps], "p": list(probs[:n])})
     pairs.to_parquet(root / "pairs.parquet")
-    return pipe, pairs, CacheReader(root / "cache"), Fingerprints.of(pipe, InversionConfig(5, 1))
+    return pipe, pairs, CacheReader(root / "cache"), Fingerprints.of(pipe, InversionConfig(num_steps=5, renoise_iterations=1))
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +95,21 @@ def test_a_step_moves_the_policy_and_never_the_reference(setup):
 
 
 @pytest.mark.parametrize("inversion", ["cached", "online", "none"])
-def test_the_training_loop_reads_the_cache_and_trains_in_every_noise_mode(tiny_pipeline_dir, tmp_path, inversion):
+def test_the_training_loop_reads_the_cache_and_trains_with_every_forward_noise(tiny_pipeline_dir, tmp_path, inversion):
     from diffusers import DDPMScheduler
 
-    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training.config import TrainConfig
+
+    from smpo_pipeline.training.data import CachedPairs
+
+    from smpo_pipeline.training.trainer import train_preference
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, probs=(0.9, 0.7, 0.6, 0.55))
-    config = InversionConfig(5, 1)
+    config = InversionConfig(num_steps=5, renoise_iterations=1)
     data = CachedPairs(pairs, reader, prints, inversion == "cached")
     records = []
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    policy = train_preference(pipe.unet, data, TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, inversion=inversion, steps=3, batch_size=2, learning_rate=1e-4, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0),
+    policy = train_preference(pipe.unet, data, TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, forward_noise=inversion, steps=3, batch_size=2, learning_rate=1e-4, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0),
                               config, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r))
     assert len(records) == 3 and {"loss", "grad_norm", "lr", "implicit_accuracy", "weighted_margin"} <= set(records[0])
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # the reference is untouched
@@ -117,7 +121,9 @@ def test_the_evaluate_hook_sees_the_policy_on_schedule_and_timesteps_stay_in_the
     from diffusers import DDPMScheduler
 
     import smpo_pipeline.training.trainer as trainer
-    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training.config import TrainConfig
+    from smpo_pipeline.training.data import CachedPairs
+    from smpo_pipeline.training.trainer import train_preference
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)
     drawn, seen, records = [], [], []
@@ -133,10 +139,10 @@ def test_the_evaluate_hook_sees_the_policy_on_schedule_and_timesteps_stay_in_the
         seen.append((unet.training, next(unet.parameters()).detach().clone()))
         return {"validation_reward": float(len(seen))}
 
-    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="none", steps=5, batch_size=4,
+    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="none", steps=5, batch_size=4,
                          learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0,
                          timestep_range=(600, 700), evaluate_every=2)
-    train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(5, 1),
+    train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(num_steps=5, renoise_iterations=1),
                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r), evaluate=evaluate)
     timesteps = torch.cat(drawn)
     assert timesteps.min() >= 600 and timesteps.max() < 700 and len(timesteps.unique()) > 5
@@ -154,7 +160,11 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
 
     from diffusers import DDPMScheduler
 
-    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training.config import TrainConfig
+
+    from smpo_pipeline.training.data import CachedPairs
+
+    from smpo_pipeline.training.trainer import train_preference
     from tests.conftest import PROJECT_ROOT
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, n=2)
@@ -162,9 +172,9 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()) | {"zero_optimization": {"stage": stage}}
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     records = []
-    policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="cached", steps=2, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
+    policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="cached", steps=2, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
                                                        precision=precision),
-                              InversionConfig(5, 1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                              InversionConfig(num_steps=5, renoise_iterations=1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
                               lambda step, r: records.append(r))
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     if precision == "fp32":  # (under bf16 the frozen reference is cast to bf16 in place: memory)
@@ -182,7 +192,11 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
 
     from diffusers import DDPMScheduler
 
-    from smpo_pipeline.training.trainer import CachedPairs, TrainConfig, train_preference
+    from smpo_pipeline.training.config import TrainConfig
+
+    from smpo_pipeline.training.data import CachedPairs
+
+    from smpo_pipeline.training.trainer import train_preference
     from tests.conftest import PROJECT_ROOT
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, n=2)
@@ -198,9 +212,9 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
         options = {"lora_rank": 4, "lora_alpha": 4}
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     records = []
-    policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, inversion="cached", steps=2, batch_size=2, learning_rate=1e-2, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
+    policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="cached", steps=2, batch_size=2, learning_rate=1e-2, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
                                                        **options),
-                              InversionConfig(5, 1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                              InversionConfig(num_steps=5, renoise_iterations=1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
                               lambda step, r: records.append(r))
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert set(policy.state_dict()) == set(before)  # a plain UNet again (LoRA merged)
@@ -216,17 +230,19 @@ from smpo_pipeline.runtime import apply_project_environment; apply_project_envir
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from smpo_pipeline.inversion import InversionConfig
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, DROConfig, TrainConfig, expert_pool, train_preference
-from smpo_pipeline.training_cache import CacheReader, Fingerprints
+from smpo_pipeline.training.config import DROConfig, TrainConfig
+from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
+from smpo_pipeline.training.trainer import train_preference
+from smpo_pipeline.training.cache import CacheReader, Fingerprints
 model, cache, pairs, ckpt, log_file, kill_at, deepspeed, objective = sys.argv[1:]
 pipe = StableDiffusionXLPipeline.from_pretrained(model)
-inv = InversionConfig(5, 1)
+inv = InversionConfig(num_steps=5, renoise_iterations=1)
 reader, prints = CacheReader(Path(cache)), Fingerprints.of(pipe, inv)
 data = CachedPairs(pd.read_parquet(pairs), reader, prints, True)
 experts = CachedExperts(expert_pool(pd.read_parquet(pairs)), reader, prints)
 ds = json.loads(deepspeed) if deepspeed != "none" else None
 # DRO: a sampling network refreshed every 3 steps and a buffer of 3 states: both must be restored.
-config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, inversion="cached", steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.5, seed=0, deepspeed=ds, checkpoint_dir=ckpt, checkpoint_every=2, keep_last=2,
+config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, forward_noise="cached", steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.5, seed=0, deepspeed=ds, checkpoint_dir=ckpt, checkpoint_every=2, keep_last=2,
                      dro=DROConfig(refresh_every=3, buffer_size=3))
 def log(step, record):
     with open(log_file, "a") as f:
@@ -285,14 +301,14 @@ def test_two_processes_train_under_zero2_stay_in_sync_and_resume_from_their_chec
     import subprocess
     from dataclasses import asdict
 
-    from smpo_pipeline.training.trainer import TrainConfig
+    from smpo_pipeline.training.config import TrainConfig
     from tests.conftest import PROJECT_ROOT
 
     training_set(tiny_pipeline_dir, tmp_path)
     ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text())
-    config = TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, inversion="cached", steps=4, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=2, keep_last=2)
+    config = TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, forward_noise="cached", steps=4, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=2, keep_last=2)
     spec = {"model": str(tiny_pipeline_dir), "cache": str(tmp_path / "cache"), "pairs": str(tmp_path / "pairs.parquet"),
-            "config": asdict(config), "inversion": asdict(InversionConfig(5, 1)), "output": str(tmp_path / "out")}
+            "config": asdict(config), "inversion": asdict(InversionConfig(num_steps=5, renoise_iterations=1)), "output": str(tmp_path / "out")}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
 
     def launch():

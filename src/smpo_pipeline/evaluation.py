@@ -16,6 +16,15 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 
+def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_size: int, **generate_args):
+    """The shapes-oracle reward of ``model``'s image for every (prompt, seed)."""
+    from smpo_pipeline.models.sampling import generate
+    from smpo_pipeline.world.oracle import oracle_reward
+
+    images = generate(model, prompts, seeds, protocol, batch_size, **generate_args)
+    return np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
+
+
 def win_rate(a: np.ndarray, b: np.ndarray, groups: np.ndarray, samples: int = 2000, confidence: float = 0.95,
              seed: int = 0) -> tuple[float, float, float]:
     """(rate, low, high): how often ``a`` beats ``b`` element-wise (ties ½), with a bootstrap CI over

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # built by name only
 class InversionConfig:
     num_steps: int = 10  # K: SDXL 10, SD1.5 5
     renoise_iterations: int = 1  # R: 1 = SmPO

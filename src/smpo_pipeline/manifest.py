@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smpo_pipeline.checksums import file_sha256
+from smpo_pipeline.keys import file_sha256
 
 MANIFEST_NAME = "MANIFEST.json"
 _IGNORED = {MANIFEST_NAME, ".gitkeep"}

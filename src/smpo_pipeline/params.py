@@ -230,6 +230,13 @@ class InversionParams(_Section):
     renoise_iterations: int = Field(1, ge=0)  # R: 1 = SmPO
     guidance_scale: float = Field(1.0, ge=1.0)  # 1 = prompt only
 
+    def config(self):
+        """These settings as the core's ``inversion.InversionConfig``, built by name."""
+        from smpo_pipeline.inversion import InversionConfig
+
+        return InversionConfig(num_steps=self.num_steps, renoise_iterations=self.renoise_iterations,
+                               guidance_scale=self.guidance_scale)
+
 
 class CacheParams(_Section):
     """The latent / text-embedding / ReNoise-trajectory cache (``pipelines/cache``)."""
@@ -238,7 +245,7 @@ class CacheParams(_Section):
     batch_size: PositiveInt = 64
     storage_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     num_processes: PositiveInt = 1
-    trajectories: bool = True  # ReNoise trajectories (SmPO with train.inversion: cached); false: latents and text only
+    trajectories: bool = True  # ReNoise trajectories (SmPO with train.forward_noise: cached); false: latents and text only
     inversion: InversionParams = InversionParams()
 
 
@@ -281,7 +288,7 @@ class TrainParams(_Section):
     # Where SmPO's p (and the reward order) comes from: the smoothing reward model (rewards.model) or
     # the reference scored beside it (rewards.reference; the embedded world's shapes-oracle).
     smoothing_by: Literal["reward_model", "reference"] = "reward_model"
-    inversion: Literal["cached", "online", "none"] = "cached"  # SmPO's forward noise (DPO: none)
+    forward_noise: Literal["cached", "online", "none"] = "cached"  # SmPO's forward noise (DPO: none)
     beta: dict[Literal["dpo", "smpo"], PositiveFloat] = Field(default_factory=lambda: {"dpo": 5000.0, "smpo": 5000.0})
     gamma: PositiveFloat = 10.0
     steps: PositiveInt = 200

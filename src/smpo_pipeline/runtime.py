@@ -53,6 +53,11 @@ def set_hf_hub_offline(offline: bool) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1" if offline else "0"
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size, as torchrun / the DeepSpeed launcher set them."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 PROCESS_GROUP_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 

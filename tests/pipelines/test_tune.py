@@ -16,7 +16,7 @@ import pytest
 from smpo_pipeline.runtime import environment_without_process_group
 
 TUNE = ("tune.n_trials=4,tune.steps=2,tune.report_every=1,tune.validation_prompts=2,tune.startup_trials=1,"
-        "tune.heartbeat_seconds=2,train.evaluation.steps=2,train.batch_size=4,train.inversion=cached,"
+        "tune.heartbeat_seconds=2,train.evaluation.steps=2,train.batch_size=4,train.forward_noise=cached,"
         "cache.inversion.num_steps=5")
 
 

@@ -52,21 +52,32 @@ def inspect_image(data: bytes | None, max_side: int, min_side: int = 1) -> Image
 def pair_image_bytes(pairs, images_dir) -> dict[str, bytes]:
     """The stored bytes of both images of every pair (columns ``image_{0,1}_uid`` and
     ``image_{0,1}_file``, as the ``data`` pipeline writes them), reading each images file once."""
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-
     wanted: dict[str, set[str]] = {}
     for k in (0, 1):
         for image_file, uid in zip(pairs[f"image_{k}_file"], pairs[f"image_{k}_uid"], strict=True):
             wanted.setdefault(image_file, set()).add(uid)
+    return images_by_uid(wanted, images_dir)
+
+
+def images_by_uid(wanted: dict[str, set[str]], images_dir) -> dict[str, bytes]:
+    """The bytes of the images ``wanted`` names ({images file: uids}) under ``images_dir``; a uid
+    not in its file is an error that names the file."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
     found: dict[str, bytes] = {}
     for image_file, uids in wanted.items():
         table = pq.read_table(Path(images_dir) / image_file, columns=["image_uid", "jpg"])
         found.update((u, b) for u, b in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True)
                      if u in uids)
-    missing = {u for uids in wanted.values() for u in uids} - set(found)
-    if missing:
-        raise KeyError(f"{len(missing)} pair images are not in their images files under {images_dir} "
-                       f"(e.g. {sorted(missing)[0]}): re-run the data pipeline")
+        missing = set(uids) - set(found)
+        if missing:
+            raise KeyError(f"{len(missing)} images are not in {Path(images_dir) / image_file} "
+                           f"(e.g. {sorted(missing)[0]}): re-run the data pipeline")
     return found
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Stored image bytes (already validated by ``inspect_image``) as an RGB PIL image."""
+    return Image.open(io.BytesIO(data)).convert("RGB")

@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smpo_pipeline.checksums import file_sha256
+from smpo_pipeline.keys import file_sha256
 from smpo_pipeline.ingest.images import inspect_image
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 
@@ -279,64 +279,36 @@ def _load_done(done: Path, fingerprint: str) -> dict | None:
     return record
 
 
-def validate_shard(path: Path, work_dir: Path, settings: IngestSettings, seen: dict[str, str],
-                   stored_uids: set[str], previous_fingerprint: str) -> ShardResult:
-    """Validate one shard (or reuse its intact outputs), updating ``seen`` and ``stored_uids``."""
-    shard = path.name
-    stem = path.stem
-    fingerprint = shard_fingerprint(path, settings, previous_fingerprint)
-    done = work_dir / f"{stem}.done.json"
-    files = {kind: f"{stem}.{kind}.parquet" for kind in ("pairs", "images", "quarantine", "keys")}
-    files["gx"] = f"{stem}.gx.json"
+def _reused(work_dir: Path, files: dict, record: dict, seen: dict[str, str], stored_uids: set[str]) -> None:
+    """Carry a reused shard's row keys and stored images into the run's running state."""
+    keys = pq.read_table(work_dir / files["keys"])
+    for key, ref in zip(keys.column("row_key").to_pylist(), keys.column("first_seen").to_pylist(), strict=True):
+        seen.setdefault(key, ref)
+    stored_uids.update(pq.read_table(work_dir / files["images"], columns=["image_uid"]).column("image_uid").to_pylist())
 
-    record = _load_done(done, fingerprint)
-    if record is not None:
-        keys = pq.read_table(work_dir / files["keys"])
-        for key, ref in zip(keys.column("row_key").to_pylist(), keys.column("first_seen").to_pylist(), strict=True):
-            seen.setdefault(key, ref)
-        uids = pq.read_table(work_dir / files["images"], columns=["image_uid"]).column("image_uid").to_pylist()
-        stored_uids.update(uids)
-        return ShardResult(shard, record["input_rows"], record["counts"], record["reasons"], record["expectations"],
-                           files, reused=True, fingerprint=fingerprint)
 
-    check_schema(read_schema(path), path)
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # re-raised with the file named
-        raise DataValidationError(f"{path}: not a readable parquet file ({exc})") from exc
-    frame = validation_frame(table, shard, seen, settings)
-    expectations, per_row = run_expectations(frame, settings)
-    classes = _classify(per_row, settings.drop_ties)
-
-    counts = Counter(c for c, _ in classes)
-    reasons = Counter(r for c, reason in classes if reason for r in reason.split("; "))
-    n = len(table)
-    idx = lambda label: [i for i, (c, _) in enumerate(classes) if c == label]  # noqa: E731
-    keep = idx("valid")
-    q_rows = idx("quarantined")
-
+def _output_tables(table: pa.Table, frame, classes, shard: str, seen: dict[str, str],
+                   stored_uids: set[str]) -> dict[str, pa.Table]:
+    """The shard's pairs, images (each uid once, byte for byte: never re-encoded), quarantined
+    rows (with reason, source shard and row) and row keys."""
+    stem = Path(shard).stem
+    keep = [i for i, (c, _) in enumerate(classes) if c == "valid"]
+    q_rows = [i for i, (c, _) in enumerate(classes) if c == "quarantined"]
     canonical = _canonical(table)
-    quarantine = canonical.take(pa.array(q_rows, pa.int64())).append_column("reason", pa.array([classes[i][1] for i in q_rows], pa.string()))
-    quarantine = quarantine.append_column("source_shard", pa.array([shard] * len(q_rows), pa.string()))
-    quarantine = quarantine.append_column("source_row", pa.array(q_rows, pa.int64()))
-
+    quarantine = canonical.take(pa.array(q_rows, pa.int64()))
+    for name, values, kind in (("reason", [classes[i][1] for i in q_rows], pa.string()),
+                               ("source_shard", [shard] * len(q_rows), pa.string()), ("source_row", q_rows, pa.int64())):
+        quarantine = quarantine.append_column(name, pa.array(values, kind))
     kept = canonical.take(pa.array(keep, pa.int64()))
     pairs = pa.table({
         "pair_id": [f"{stem}:{i}" for i in keep],
-        "caption": kept.column("caption"),
-        "image_0_uid": kept.column("image_0_uid"),
-        "image_1_uid": kept.column("image_1_uid"),
-        "label_0": kept.column("label_0"),
-        "label_1": kept.column("label_1"),
+        **{c: kept.column(c) for c in ("caption", "image_0_uid", "image_1_uid", "label_0", "label_1")},
         "is_tie": pa.array([bool(frame.at[i, "is_tie"]) for i in keep], pa.bool_()),
-        "user_id": kept.column("user_id"),
-        "ranking_id": kept.column("ranking_id"),
+        **{c: kept.column(c) for c in ("user_id", "ranking_id")},
         "row_key": pa.array([frame.at[i, "row_key"] for i in keep], pa.string()),
         "source_shard": pa.array([shard] * len(keep), pa.string()),
         "source_row": pa.array(keep, pa.int64()),
     })
-
-    # Images of kept pairs, stored once (by uid) and byte for byte: never re-encoded.
     image_rows: dict[str, list] = {"image_uid": [], "jpg": [], "width": [], "height": []}
     for i in keep:
         for k in (0, 1):
@@ -350,24 +322,49 @@ def validate_shard(path: Path, work_dir: Path, settings: IngestSettings, seen: d
             image_rows["height"].append(int(frame.at[i, f"jpg_{k}_height"]))
     images = pa.table(image_rows, schema=pa.schema([("image_uid", pa.string()), ("jpg", pa.binary()),
                                                       ("width", pa.int32()), ("height", pa.int32())]))
-    keys = pa.table({"row_key": frame["row_key"].tolist(),
-                     "first_seen": [seen[k] for k in frame["row_key"]]})
+    keys = pa.table({"row_key": frame["row_key"].tolist(), "first_seen": [seen[k] for k in frame["row_key"]]})
+    return {"pairs": pairs, "images": images, "quarantine": quarantine, "keys": keys}
+
+
+def validate_shard(path: Path, work_dir: Path, settings: IngestSettings, seen: dict[str, str],
+                   stored_uids: set[str], previous_fingerprint: str) -> ShardResult:
+    """Validate one shard (or reuse its intact outputs), updating ``seen`` and ``stored_uids``."""
+    shard, stem = path.name, path.stem
+    fingerprint = shard_fingerprint(path, settings, previous_fingerprint)
+    done = work_dir / f"{stem}.done.json"
+    files = {kind: f"{stem}.{kind}.parquet" for kind in ("pairs", "images", "quarantine", "keys")}
+    files["gx"] = f"{stem}.gx.json"
+    record = _load_done(done, fingerprint)
+    if record is not None:
+        _reused(work_dir, files, record, seen, stored_uids)
+        return ShardResult(shard, record["input_rows"], record["counts"], record["reasons"], record["expectations"],
+                           files, reused=True, fingerprint=fingerprint)
+
+    check_schema(read_schema(path), path)
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # re-raised with the file named
+        raise DataValidationError(f"{path}: not a readable parquet file ({exc})") from exc
+    frame = validation_frame(table, shard, seen, settings)
+    expectations, per_row = run_expectations(frame, settings)
+    classes = _classify(per_row, settings.drop_ties)
+    counts = Counter(c for c, _ in classes)
+    reasons = Counter(r for c, reason in classes if reason for r in reason.split("; "))
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    for kind, data in (("pairs", pairs), ("images", images), ("quarantine", quarantine), ("keys", keys)):
+    for kind, data in _output_tables(table, frame, classes, shard, seen, stored_uids).items():
         pq.write_table(data, work_dir / files[kind])
     (work_dir / files["gx"]).write_text(json.dumps({"shard": shard, "expectations": expectations}, indent=1))
-    result_counts = {"valid": counts["valid"], "dropped_ties": counts["dropped_ties"],
-                     "dropped_identical": counts["dropped_identical"], "quarantined": counts["quarantined"]}
+    result_counts = {c: counts[c] for c in ("valid", "dropped_ties", "dropped_identical", "quarantined")}
     record = {
-        "shard": shard, "fingerprint": fingerprint, "input_rows": n, "counts": result_counts,
+        "shard": shard, "fingerprint": fingerprint, "input_rows": len(table), "counts": result_counts,
         "reasons": dict(reasons), "expectations": expectations,
         "checksums": {name: file_sha256(work_dir / name) for name in files.values()},
     }
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(done)  # the commit point of this shard
-    return ShardResult(shard, n, result_counts, dict(reasons), expectations, files, fingerprint=fingerprint)
+    return ShardResult(shard, len(table), result_counts, dict(reasons), expectations, files, fingerprint=fingerprint)
 
 
 def list_shards(raw_dir: Path) -> tuple[list[Path], list[Path]]:

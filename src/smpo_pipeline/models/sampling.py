@@ -69,17 +69,31 @@ def generate(
     return images
 
 
-def vae_round_trip(vae, images: Sequence, sample: bool = False) -> list:
-    """``images`` (PIL, RGB) encoded by ``vae`` and decoded again: the posterior mean, or a draw from
-    the posterior with ``sample``. What fine-tuning on re-encoded images can at best reproduce, and the
-    ceiling of anything the model draws (docs/regime.md)."""
+def to_pixels(images: Sequence, resolution: int | None = None):
+    """PIL images (or HWC uint8 arrays) as the VAE's input: float [B, 3, H, W] in [-1, 1], resized
+    to ``resolution`` when given."""
     import numpy as np
     import torch
     from PIL import Image
 
-    pixels = torch.from_numpy(np.stack([np.asarray(i.convert("RGB")) for i in images])).permute(0, 3, 1, 2)
+    def rgb(image):
+        image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        image = image.convert("RGB")
+        return image.resize((resolution, resolution)) if resolution and image.size != (resolution, resolution) else image
+
+    pixels = np.stack([np.asarray(rgb(i)) for i in images])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def vae_round_trip(vae, images: Sequence, sample: bool = False) -> list:
+    """``images`` (PIL, RGB) encoded by ``vae`` and decoded again: the posterior mean, or a draw from
+    the posterior with ``sample``. What fine-tuning on re-encoded images can at best reproduce, and the
+    ceiling of anything the model draws (docs/regime.md)."""
+    import torch
+    from PIL import Image
+
     with torch.no_grad():
-        posterior = vae.encode(pixels.float().div(127.5).sub(1.0)).latent_dist
+        posterior = vae.encode(to_pixels(images)).latent_dist
         decoded = vae.decode(posterior.sample() if sample else posterior.mean).sample
     out = decoded.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(a) for a in out]
@@ -89,7 +103,7 @@ def model_fingerprint(pipe) -> str:
     """sha256 over every weight of the pipeline's UNet, VAE and text encoders."""
     import torch
 
-    from smpo_pipeline.training_cache import module_fingerprint
+    from smpo_pipeline.keys import module_fingerprint
 
     return module_fingerprint(torch.nn.ModuleList([pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2]))
 
@@ -110,16 +124,15 @@ def generate_cached(pipe, fingerprint: str, prompts: Sequence[str], seeds: Seque
     """The PNG path of every (prompt, seed) under ``root/<fingerprint>/``, generating the missing
     ones in batches. The key covers (model fingerprint, prompt, seed, protocol incl. the scheduler
     class), so a changed model or protocol never reuses an image."""
-    import hashlib
-    import json
     import os
+
+    from smpo_pipeline.keys import digest
 
     scheduler = use_scheduler(pipe, protocol.scheduler)
     folder = Path(root) / fingerprint
     folder.mkdir(parents=True, exist_ok=True)
     spec = protocol.__dict__ | {"scheduler": scheduler}
-    paths = [folder / (hashlib.sha256(json.dumps([fingerprint, p, int(s), spec], sort_keys=True).encode())
-                       .hexdigest()[:24] + ".png") for p, s in zip(prompts, seeds, strict=True)]
+    paths = [folder / (digest(fingerprint, p, int(s), spec, length=24) + ".png") for p, s in zip(prompts, seeds, strict=True)]
     todo = [i for i, path in enumerate(paths) if not (path.is_file() and _readable(path))]
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", mininterval=2)
     for start in range(0, len(todo), batch_size):

@@ -68,11 +68,9 @@ def score_missing(
 ) -> dict[str, int]:
     """Score every (image_uid, caption, image_file) not yet in ``cache``, reading image bytes one
     image file (one shard) at a time. Returns counts of cached and newly scored images."""
-    import io
-
-    import pyarrow.parquet as pq
-    from PIL import Image
     from tqdm.auto import tqdm
+
+    from smpo_pipeline.ingest.images import decode_rgb, images_by_uid
 
     done = cache.load()
     pending: dict[str, list[tuple[str, str]]] = {}
@@ -87,12 +85,10 @@ def score_missing(
     bar = tqdm(total=todo, desc=f"scoring with {model.name}", unit="img", disable=not progress)
     batches = 0
     for image_file, items in pending.items():
-        wanted = {uid for uid, _ in items}
-        table = pq.read_table(Path(images_dir) / image_file, columns=["image_uid", "jpg"])
-        data = {u: b for u, b in zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True) if u in wanted}
+        data = images_by_uid({image_file: {uid for uid, _ in items}}, images_dir)  # one shard in memory at a time
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
-            images = [Image.open(io.BytesIO(data[uid])).convert("RGB") for uid, _ in batch]
+            images = [decode_rgb(data[uid]) for uid, _ in batch]
             scores = model.score(images, [caption for _, caption in batch])
             cache.append([uid for uid, _ in batch], [caption for _, caption in batch], scores)
             bar.update(len(batch))

@@ -40,7 +40,7 @@ class ShapesOracleReward(RewardModel):
 def _directory_fingerprint(path: str) -> str:
     """Hash of a local checkpoint's files (names and bytes): a retrained model of the same shape
     has other scores, so its cached scores must not be reused; a hub id is its own fingerprint."""
-    from smpo_pipeline.checksums import file_sha256
+    from smpo_pipeline.keys import file_sha256
 
     p = Path(path)
     if not p.exists():

@@ -2,7 +2,7 @@
 (DPO, SmPO) or a batch of expert images with policy states (DRO).
 
 The forward noise of a pair (same timestep and, for random noise, the same noise for both images,
-as every official implementation does) comes from one of three sources, ``noise_mode``:
+as every official implementation does) comes from one of three sources, ``forward_noise``:
 
 - ``none``   — Diffusion-DPO: x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε with fresh ε, target ε;
 - ``cached`` — SmPO with the ReNoise trajectory cached from the reference UNet: (x̃, τ) from
@@ -76,36 +76,36 @@ def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> to
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
 
-def noisy_inputs(batch: PairBatch, timesteps, noise_mode: str, alphas_cumprod, generator=None,
+def noisy_inputs(batch: PairBatch, timesteps, forward_noise: str, alphas_cumprod, generator=None,
                  inverse_scheduler=None, policy=None, inversion: InversionConfig | None = None):
     """(x_t, target) for the 2B images [winners; losers] at their pair's timestep."""
     x0 = torch.cat([batch.latents_w, batch.latents_l])
     t2 = timesteps.repeat(2)
-    if noise_mode == "none":
+    if forward_noise == "none":
         noise = torch.randn(batch.latents_w.shape, generator=generator, dtype=x0.dtype).to(x0.device).repeat(2, 1, 1, 1)
         a = alphas_cumprod.to(x0.device)[t2].view(-1, 1, 1, 1).to(x0.dtype)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise, noise
     grid = inverse_scheduler.timesteps
-    if noise_mode == "cached":
+    if forward_noise == "cached":
         trajectories = torch.cat([batch.trajectory_w, batch.trajectory_l])
-    elif noise_mode == "online":
+    elif forward_noise == "online":
         cond = {"prompt_embeds": batch.prompt_embeds.repeat(2, 1, 1), "pooled": batch.pooled.repeat(2, 1),
                 "time_ids": batch.time_ids.repeat(2, 1)}
         with torch.no_grad():
             trajectories = renoise_inversion(policy, x0, cond, inverse_scheduler, inversion, up_to=int(timesteps.max()))
         trajectories = trajectories.transpose(0, 1)  # [2B, k + 1, ...]
     else:
-        raise ValueError(f"unknown noise_mode {noise_mode!r}: none, cached or online")
+        raise ValueError(f"unknown forward_noise {forward_noise!r}: none, cached or online")
     return smpo_target(trajectories, x0, t2, grid[: trajectories.shape[1] - 1], alphas_cumprod)
 
 
 def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: str, beta: float, gamma: float,
-                    noise_mode: str, alphas_cumprod, generator=None, inverse_scheduler=None,
+                    forward_noise: str, alphas_cumprod, generator=None, inverse_scheduler=None,
                     inversion: InversionConfig | None = None, min_snr_gamma: float | None = None):
     """The DPO or SmPO loss of a batch (or ``sft``: the preferred images' denoising loss alone, the
     sanity baseline of ``benchmarks/preference_regime.py``), and its metrics. ``reference`` runs
     without gradients."""
-    x_t, target = noisy_inputs(batch, timesteps, noise_mode, alphas_cumprod, generator, inverse_scheduler, policy, inversion)
+    x_t, target = noisy_inputs(batch, timesteps, forward_noise, alphas_cumprod, generator, inverse_scheduler, policy, inversion)
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
     t2 = timesteps.repeat(2)
     weight = timestep_weights(t2, alphas_cumprod, min_snr_gamma)

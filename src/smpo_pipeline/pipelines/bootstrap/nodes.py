@@ -57,7 +57,7 @@ def train_base_vae(prompts_train: list[str], world: WorldParams, base_model: Bas
     """A small ``AutoencoderKL`` trained on jittered renders of the training prompts."""
     import torch
 
-    from smpo_pipeline.models.base_training import train_vae
+    from smpo_pipeline.training.pretraining import train_vae
     from smpo_pipeline.models.tiny_sdxl import build_vae, count_parameters
 
     w, b = world, base_model
@@ -78,7 +78,7 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
     ``unet.curve_every`` the EMA is measured on validation prompts along the way."""
     import torch
 
-    from smpo_pipeline.models.base_training import train_unet_and_text_encoders
+    from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
     from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, build_text_encoders, build_unet, count_parameters
     from smpo_pipeline.world.captions import web_captions
 
@@ -97,14 +97,13 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
         curve.append({"step": step} | _accuracy_of(pipe, prompts_validation[:48], w, b))
         log.info("base model at step %d on 48 validation prompts: %s", step, curve[-1])
 
-    result = train_unet_and_text_encoders(
-        vae, unet, text_encoders, tokenizer, prompts_train, w.resolution,
-        steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate,
-        warmup_steps=u.warmup_steps, grad_clip=u.grad_clip, ema_decay=u.ema_decay,
-        caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
+    config = PretrainConfig(
+        steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
+        grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
         renders_per_prompt=u.renders_per_prompt, seed=b.seed, min_snr_gamma=u.min_snr_gamma,
-        captions=captions, cosine_decay=u.cosine_decay, on_checkpoint=measure, checkpoint_every=u.curve_every,
-    )
+        cosine_decay=u.cosine_decay, checkpoint_every=u.curve_every)
+    result = train_unet_and_text_encoders(vae, unet, text_encoders, tokenizer, prompts_train, w.resolution, config,
+                                          captions=captions, on_checkpoint=measure)
     pipe = assemble_pipeline(vae, *result.text_encoders, tokenizer, result.unet)
     metrics = result.metrics | {
         "unet_parameters": count_parameters(result.unet),
@@ -204,10 +203,9 @@ def label_pairs_with_annotators(candidates, annotators: AnnotatorParams, pairs: 
     drawn from the population (on the stored JPEGs, as a person would see them), written as
     Pick-a-Pic v2 shards. Also returns how often the annotators disagree with the oracle and how
     often they declare a tie."""
-    import io
 
-    from PIL import Image
 
+    from smpo_pipeline.ingest.images import decode_rgb
     from smpo_pipeline.pickapic import to_table
     from smpo_pipeline.world.annotators import AnnotatorPopulation
     from smpo_pipeline.world.labelling import candidate_pairs, label_pairs
@@ -222,7 +220,7 @@ def label_pairs_with_annotators(candidates, annotators: AnnotatorParams, pairs: 
     by_prompt = [group.sort_values("candidate") for _, group in candidates.groupby("prompt_index", sort=True)]
     captions = [group.caption.iloc[0] for group in by_prompt]
     images = [list(group.jpg) for group in by_prompt]
-    readings = [[read_image(Image.open(io.BytesIO(b)).convert("RGB")) for b in row] for row in images]
+    readings = [[read_image(decode_rgb(b)) for b in row] for row in images]
     generators = [[f"tiny-sdxl-base@cfg{g:g}" for g in group.guidance] for group in by_prompt]
     rng = np.random.default_rng(a.seed)
     chosen = candidate_pairs(len(by_prompt), p.candidates_per_prompt, p.pairs_per_prompt, rng)

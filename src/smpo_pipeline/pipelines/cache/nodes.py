@@ -1,4 +1,4 @@
-"""Nodes of the ``cache`` pipeline: a thin adapter over ``smpo_pipeline.training_cache``."""
+"""Nodes of the ``cache`` pipeline: a thin adapter over ``smpo_pipeline.training.cache``."""
 
 from __future__ import annotations
 
@@ -30,12 +30,10 @@ def fill_training_cache(preference_pairs, base_model, cache: CacheParams, data: 
     ``cache.num_processes > 1`` the same entry point runs under ``torchrun``, one share per rank."""
     import torch
 
-    from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.training_cache import CacheReader, build_cache
+    from smpo_pipeline.training.cache import CacheReader, build_cache
 
     items = pair_images(preference_pairs, Path(data.work_dir))
-    inv = cache.inversion
-    config = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
+    config = cache.inversion.config()
     root = Path(cache.root)
     if cache.num_processes == 1:
         counts = build_cache(base_model, items, root, config, cache.batch_size,
@@ -60,7 +58,7 @@ def _launch(items, base_model, cache: CacheParams, runtime: RuntimeParams) -> No
         base_model.save_pretrained(tmp / "model")
         threads = max(1, (runtime.num_threads or 2) // cache.num_processes)
         command = torchrun_command(
-            cache.num_processes, "smpo_pipeline.training_cache", "--model", str(tmp / "model"),
+            cache.num_processes, "smpo_pipeline.training.cache", "--model", str(tmp / "model"),
             "--items", str(tmp / "items.parquet"), "--root", cache.root, "--num-steps", str(cache.inversion.num_steps),
             "--renoise-iterations", str(cache.inversion.renoise_iterations),
             "--guidance-scale", str(cache.inversion.guidance_scale), "--batch-size", str(cache.batch_size),

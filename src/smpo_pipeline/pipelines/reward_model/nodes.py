@@ -16,15 +16,12 @@ log = logging.getLogger(__name__)
 
 def _pair_images(pairs, images_dir: Path):
     """(images 0, images 1) of every pair, decoded to RGB once."""
-    import io
 
-    from PIL import Image
 
-    from smpo_pipeline.ingest.images import pair_image_bytes
+    from smpo_pipeline.ingest.images import decode_rgb, pair_image_bytes
 
     data = pair_image_bytes(pairs, images_dir)
-    decode = lambda uids: [Image.open(io.BytesIO(data[u])).convert("RGB") for u in uids]  # noqa: E731
-    return decode(pairs.image_0_uid), decode(pairs.image_1_uid)
+    return [decode_rgb(data[u]) for u in pairs.image_0_uid], [decode_rgb(data[u]) for u in pairs.image_1_uid]
 
 
 def _initial_scorer(reward_model: RewardModelParams):
@@ -42,7 +39,7 @@ def _initial_scorer(reward_model: RewardModelParams):
 def _run_id(tensors, model, reward_model: RewardModelParams) -> str:
     """A hash of everything the run reads: the preprocessed pairs (pixels, tokens, labels), the
     initial weights and every training setting."""
-    from smpo_pipeline.training_cache import module_fingerprint
+    from smpo_pipeline.keys import module_fingerprint
 
     h = hashlib.sha256()
     for t in (tensors.pixels_0, tensors.pixels_1, tensors.input_ids, tensors.attention_mask, tensors.label_0):

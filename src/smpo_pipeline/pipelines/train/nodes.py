@@ -3,55 +3,16 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-from smpo_pipeline.checksums import frame_digest
+from smpo_pipeline.evaluation import oracle_rewards
 from smpo_pipeline.params import CacheParams, TrainParams, WorldParams
 
 log = logging.getLogger(__name__)
-
-
-def _check_cache(cache_report: dict, prints, inversion, trajectories: bool = True) -> None:
-    """The cache must have been built from this base model, and, where the run reads cached
-    trajectories, with them and these inversion settings."""
-    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text}
-    if trajectories:
-        wanted |= {"inversion": asdict(inversion), "trajectories": True}
-    if not any(all(b.get(k, True if k == "trajectories" else None) == v for k, v in wanted.items())
-               for b in cache_report.get("built_with", [])):
-        raise ValueError(f"the training cache was built with {cache_report.get('built_with')}, not with the current "
-                         f"base model{' and cache.inversion' if trajectories else ''} {wanted}: rebuild it with "
-                         "`kedro run --pipeline cache`" + (" (cache.trajectories: true)" if trajectories else ""))
-
-
-def _train_config(objective: str, train: TrainParams, noise: str, seed: int | None = None):
-    """The trainer's config for one (objective, seed), built from the parameters by name."""
-    from smpo_pipeline.training.replay import SamplerConfig
-    from smpo_pipeline.training.trainer import DROConfig, TrainConfig
-
-    ds = None
-    if train.deepspeed_config:
-        ds = json.loads(Path(train.deepspeed_config).read_text())
-        ds["zero_optimization"] = ds.get("zero_optimization", {}) | {"stage": train.zero_stage}
-    d = train.dro
-    return TrainConfig(
-        objective=objective, beta=train.beta.get(objective, 0.0), gamma=train.gamma, inversion=noise,
-        steps=train.steps, batch_size=train.batch_size, learning_rate=train.lr_for(objective),
-        warmup_steps=train.warmup_steps, grad_clip=train.grad_clip, caption_dropout=train.caption_dropout,
-        seed=train.seeds[0] if seed is None else seed, deepspeed=ds, evaluate_every=train.evaluation.every,
-        gradient_accumulation=train.gradient_accumulation, optimizer=train.optimizer, weight_decay=train.weight_decay,
-        lr_schedule=train.lr_schedule, gradient_checkpointing=train.gradient_checkpointing, precision=train.precision,
-        lora_rank=train.lora.rank, lora_alpha=train.lora.alpha, timestep_range=tuple(train.timestep_range),
-        min_snr_gamma=train.min_snr_gamma, latents=train.latents,
-        dro=DROConfig(margin=d.margin, refresh_every=d.refresh_every, buffer_size=d.buffer_size,
-                      sampler=SamplerConfig(steps=d.sampler_steps, guidance_scale=d.sampler_guidance, jitter=d.jitter)),
-    )
 
 
 def train_objective(objective: str, preference_pairs, base_model, cache_report: dict, prompts_validation: list[str],
@@ -99,74 +60,29 @@ def _validation_curve(base_model, prompts_validation: list[str], train: TrainPar
 
 def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_report: dict,
                 prompts_validation: list[str], train: TrainParams, cache: CacheParams):
-    """One training run: (trained UNet, summary)."""
-    from diffusers import DDPMScheduler
-    from dvclive import Live
+    """One training run: (trained UNet, summary). Its checkpoints live under a key of everything it
+    depends on (``keys.run_key``), so a re-run with the same inputs resumes (or finds the run
+    finished) and any change starts afresh."""
+    from smpo_pipeline.keys import run_key
+    from smpo_pipeline.training.data import CachedPairs
+    from smpo_pipeline.training.runs import reuse, run_inputs, train_config
 
-    from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.smoothing import training_pairs
-    from smpo_pipeline.training.checkpoints import latest
-    from smpo_pipeline.training.trainer import CachedExperts, CachedPairs, expert_pool, train_preference
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints
-
-    inv = cache.inversion
-    inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
-    noise = train.inversion if objective == "smpo" else "none"
-    pairs = training_pairs(preference_pairs, train.order_for(objective), train.smoothing_by, train.gamma)
-    prints = Fingerprints.of(base_model, inversion)
-    _check_cache(cache_report, prints, inversion, trajectories=noise == "cached")
-    reader = CacheReader(Path(cache.root))
-    data = CachedPairs(pairs, reader, prints, noise == "cached")
-    experts = None
-    if objective == "dro":
-        experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints)
-    config = _train_config(objective, train, noise, seed)
-    # Checkpoints of one run live under a hash of everything the run depends on — its settings, the
-    # weights it starts from and reads through the cache, the inversion settings of cached
-    # trajectories, and every value it reads from the pairs (a new τ, order or reward model changes
-    # p or the winners) — so a re-run with the same inputs resumes (or finds the run finished) and
-    # any change starts afresh.
+    run = run_inputs(objective, preference_pairs, base_model, cache_report, train, cache)
+    config = train_config(objective, train, run["noise"], seed)
     read = [*CachedPairs.COLUMNS] + (["r_w", "r_l"] if objective == "dro" else [])
-    run_id = hashlib.sha256(json.dumps([asdict(config), prints.unet, prints.vae, prints.text,
-                                        asdict(inversion) if noise == "cached" else None, train.num_processes,
-                                        frame_digest(pairs, read)], default=str).encode()).hexdigest()[:12]
+    run_id = run_key(config, run["prints"], run["pairs"], read, processes=train.num_processes,
+                     inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None)
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
-    found = latest(config.checkpoint_dir)
-    resuming = found is not None  # dvclive then continues its step count
-    done_steps = int(found.name.split("-")[1]) if found else 0
-    reuse = ("finished" if done_steps >= train.steps else f"resumed at step {done_steps}") if found else "new"
+    done, reuse = reuse(config.checkpoint_dir, train.steps)
     log.info("%s (seed %d): %s run %s, %d of %d steps done", objective, seed,
-             {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done_steps,
-             train.steps)
-    records, start = [], None
-    if train.num_processes > 1:
-        records, policy = _train_in_processes(objective, base_model, pairs, experts, config, inversion, train, cache)
+             {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done, train.steps)
     live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"_seed-{seed}")
-    with Live(dir=live_dir, resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        def log_step(record: dict) -> None:
-            for name, value in record.items():
-                if name != "step":
-                    live.log_metric(name, value)
-            live.next_step()
-
-        if train.num_processes > 1:
-            for record in records:
-                log_step(record)
-        else:
-            def collect(step: int, record: dict) -> None:
-                records.append(record)
-                log_step(record)
-
-            resolution = base_model.unet.config.sample_size * base_model.vae_scale_factor
-            hook = _validation_curve(base_model, prompts_validation, train, resolution)
-            start = hook(base_model.unet) if hook and not resuming else None
-            policy = train_preference(copy.deepcopy(base_model.unet), data, config, inversion,
-                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, experts, hook)
+    records, start, policy = _run_logged(run, config, base_model, prompts_validation, train, cache, live_dir,
+                                         resuming=done > 0)
     tail = records[-min(20, len(records)):]
     summary = {"objective": objective, "trained": True, "seed": seed, "run_id": run_id, "reuse": reuse,
-               "forward_noise": noise, "pair_order": train.order_for(objective), "pairs": len(pairs),
+               "forward_noise": run["noise"], "pair_order": train.order_for(objective), "pairs": len(run["pairs"]),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
                "steps": train.steps, "zero_stage": train.zero_stage if config.deepspeed else None,
                "processes": train.num_processes, "lora_rank": train.lora.rank, "precision": train.precision,
@@ -178,45 +94,39 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     return policy, summary
 
 
-def _train_in_processes(objective, base_model, pairs, experts, config, inversion, train: TrainParams, cache: CacheParams):
-    """Run ``smpo_pipeline.training.launch`` with ``train.num_processes`` ranks, under torchrun on this
-    machine or under DeepSpeed's launcher (``train.hostfile``: several nodes, ``train.launch_dir`` on
-    storage they share)."""
-    import subprocess
-    import tempfile
+def _run_logged(run: dict, config, base_model, prompts_validation: list[str], train: TrainParams, cache: CacheParams,
+                live_dir: str, resuming: bool):
+    """Train (in this process, or in ``train.num_processes`` ranks) with every step's record sent
+    to dvclive; returns (records of this run, the base model's validation point, trained UNet)."""
+    from diffusers import DDPMScheduler
+    from dvclive import Live
 
-    from safetensors.torch import load_file
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.training.launch import train_in_processes
+    from smpo_pipeline.training.trainer import train_preference
 
-    from smpo_pipeline.runtime import deepspeed_command, torchrun_command
+    records, start = [], None
+    with Live(dir=live_dir, resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        def collect(step: int, record: dict) -> None:
+            records.append(record)
+            for name, value in record.items():
+                if name != "step":
+                    live.log_metric(name, value)
+            live.next_step()
 
-    with tempfile.TemporaryDirectory(dir=train.launch_dir) as tmp:
-        tmp = Path(tmp).resolve()
-        base_model.save_pretrained(tmp / "model")
-        pairs.to_parquet(tmp / "pairs.parquet")
-        spec = {"model": str(tmp / "model"), "cache": str(Path(cache.root).resolve()), "pairs": str(tmp / "pairs.parquet"),
-                "config": asdict(config), "inversion": asdict(inversion), "output": str(tmp / "out"),
-                "threads_per_rank": 1}
-        if experts is not None:
-            experts.pairs.to_parquet(tmp / "experts.parquet")
-            spec["experts"] = str(tmp / "experts.parquet")
-        (tmp / "spec.json").write_text(json.dumps(spec))
-        if train.launcher == "deepspeed":
-            command = deepspeed_command(train.hostfile, train.num_processes, "smpo_pipeline.training.launch",
-                                        str(tmp / "spec.json"))
+        if train.num_processes > 1:
+            ranks_records, policy = train_in_processes(
+                base_model, run["pairs"], run["experts"], config, run["inversion"], num_processes=train.num_processes,
+                cache_root=cache.root, launcher=train.launcher, hostfile=train.hostfile, launch_dir=train.launch_dir)
+            for step, record in enumerate(ranks_records):
+                collect(step, record)
         else:
-            command = torchrun_command(train.num_processes, "smpo_pipeline.training.launch", str(tmp / "spec.json"))
-        log.info("Launching %s on %d processes: %s", objective, train.num_processes, " ".join(command))
-        subprocess.run(command, check=True)
-        written = sorted((tmp / "out").glob("rank*.sha256"))
-        if len(written) != train.num_processes:
-            raise RuntimeError(f"{objective}: {len(written)} ranks ran, train.num_processes is {train.num_processes}")
-        digests = {path.read_text() for path in written}
-        if len(digests) != 1:
-            raise RuntimeError(f"{objective}: the {train.num_processes} ranks ended with different weights")
-        policy = copy.deepcopy(base_model.unet)
-        policy.load_state_dict(load_file(tmp / "out" / "unet.safetensors"))
-        records = [json.loads(line) for line in (tmp / "out" / "metrics.jsonl").read_text().splitlines()]
-    return records, policy.eval()
+            resolution = base_model.unet.config.sample_size * base_model.vae_scale_factor
+            hook = _validation_curve(base_model, prompts_validation, train, resolution)
+            start = hook(base_model.unet) if hook and not resuming else None
+            policy = train_preference(copy.deepcopy(base_model.unet), run["data"], config, run["inversion"],
+                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, run["experts"], hook)
+    return records, start, policy
 
 
 def _curve(records: list[dict], start: dict | None = None) -> list[dict]:
@@ -241,7 +151,7 @@ def train_dpo(preference_pairs, base_model, cache_report: dict, prompts_validati
 
 def train_smpo(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], train: TrainParams,
                cache: CacheParams):
-    """SmPO: smoothed-probability weights, forward noise from ``train.inversion``."""
+    """SmPO: smoothed-probability weights, forward noise from ``train.forward_noise``."""
     return train_objective("smpo", preference_pairs, base_model, cache_report, prompts_validation, train, cache)
 
 
@@ -249,15 +159,6 @@ def train_dro(preference_pairs, base_model, cache_report: dict, prompts_validati
               cache: CacheParams):
     """Diffusion-DRO: expert images (``train.dro.experts``) against the policy's own samples."""
     return train_objective("dro", preference_pairs, base_model, cache_report, prompts_validation, train, cache)
-
-
-def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_size: int, **generate_args):
-    """The shapes-oracle reward of ``model``'s image for every (prompt, seed)."""
-    from smpo_pipeline.models.sampling import generate
-    from smpo_pipeline.world.oracle import oracle_reward
-
-    images = generate(model, prompts, seeds, protocol, batch_size, **generate_args)
-    return np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
 
 
 def plot_learning_curves(dpo_training_summary: dict, smpo_training_summary: dict, dro_training_summary: dict,

@@ -13,13 +13,10 @@ parameters, from its last checkpoint.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from smpo_pipeline.checksums import frame_digest
 from smpo_pipeline.params import CacheParams, TrainParams, TuneParams, WorldParams
 
 log = logging.getLogger(__name__)
@@ -51,56 +48,6 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
     """Run (or continue) the study to ``tune.n_trials`` finished trials; returns the best
     parameters as a conf/ fragment and a report of every trial."""
     import optuna
-    from diffusers import DDPMScheduler
-
-    from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.sampling import SamplingProtocol
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.pipelines.train.nodes import _check_cache, _train_config, oracle_rewards
-    from smpo_pipeline.smoothing import preference_probability, training_pairs
-    from smpo_pipeline.training.trainer import CachedPairs, train_preference
-    from smpo_pipeline.training_cache import CacheReader, Fingerprints
-
-    inv = cache.inversion
-    inversion = InversionConfig(inv.num_steps, inv.renoise_iterations, inv.guidance_scale)
-    prints = Fingerprints.of(base_model, inversion)
-    _check_cache(cache_report, prints, inversion, trajectories=train.inversion == "cached")
-    pairs = training_pairs(preference_pairs, train.order_for("smpo"), train.smoothing_by, train.gamma)
-    reader = CacheReader(Path(cache.root))
-    alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
-    prompts = [p for p in prompts_validation[: tune.validation_prompts] for _ in range(tune.seeds_per_prompt)]
-    seeds = list(range(len(prompts)))
-    protocol = SamplingProtocol(train.evaluation.steps, train.evaluation.guidance_scale, world.resolution)
-    # Trials train in plain PyTorch in this process; every other setting is train's.
-    base_config = _train_config("smpo", train.model_copy(update={"deepspeed_config": None}), train.inversion)
-
-    def validation_reward(unet) -> float:
-        model = type(base_model)(**{**base_model.components, "unet": unet})
-        return float(oracle_rewards(model, prompts, seeds, protocol, train.evaluation.batch_size, progress=False).mean())
-
-    def objective(trial: optuna.Trial) -> float:
-        beta = trial.suggest_float("beta", tune.beta.low, tune.beta.high, log=tune.beta.log)
-        tau = trial.suggest_float("tau", tune.tau.low, tune.tau.high, log=tune.tau.log)
-        gamma = trial.suggest_float("gamma", tune.gamma.low, tune.gamma.high, log=tune.gamma.log) if tune.gamma else train.gamma
-        data = CachedPairs(pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, tau)), reader, prints,
-                           base_config.inversion == "cached")
-        # A trial's checkpoints are reused only by a trial that would train exactly the same: its
-        # β, τ, γ, every other training setting, the base model and every value of the pairs.
-        key = hashlib.sha256(json.dumps([beta, tau, gamma, tune.steps, asdict(base_config), prints.unet, prints.vae,
-                                         prints.text, frame_digest(data.pairs, CachedPairs.COLUMNS)],
-                                        default=str).encode()).hexdigest()[:12]
-        config = replace(base_config, beta=beta, gamma=gamma, checkpoint_dir=str(Path(tune.trial_root) / tune.study_name / key),
-                         checkpoint_every=tune.report_every, keep_last=1)
-        reward = float("nan")
-        for done in range(tune.report_every, tune.steps + 1, tune.report_every):
-            unet = train_preference(copy.deepcopy(base_model.unet), data, replace(config, steps=done), inversion, alphas)
-            reward = validation_reward(unet)
-            trial.report(reward, done)
-            log.info("trial %d: β=%.0f τ=%.3g γ=%.3g step %d validation reward %.4f", trial.number, beta, tau, gamma,
-                     done, reward)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return reward
 
     study = optuna.create_study(
         study_name=tune.study_name, storage=_storage(tune), direction="maximize", load_if_exists=True,
@@ -110,6 +57,8 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
     remaining = tune.n_trials - _finished(study)
     log.info("Study %r in %s: %d trials finished, %d to go", tune.study_name, tune.storage, _finished(study), max(0, remaining))
     if remaining > 0:
+        objective = _trial_objective(preference_pairs, base_model, cache_report, prompts_validation, tune, train, cache,
+                                     world)
         study.optimize(objective, n_trials=remaining, catch=())
     trials = [{"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
                "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
@@ -123,6 +72,59 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
               "best": {"number": best.number, "value": best.value, "params": best.params}, "trials": trials}
     print(f"best trial {best.number}: validation reward {best.value:.4f} with {best.params}")  # noqa: T201
     return fragment, report
+
+
+def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], tune: TuneParams,
+                     train: TrainParams, cache: CacheParams, world: WorldParams):
+    """Optuna's objective: train SmPO with a trial's β, τ (and γ) in segments of
+    ``tune.report_every`` steps, reporting the validation reward after each so the pruner can stop it."""
+    import optuna
+    from diffusers import DDPMScheduler
+
+    from smpo_pipeline.evaluation import oracle_rewards
+    from smpo_pipeline.keys import run_key
+    from smpo_pipeline.models.sampling import SamplingProtocol
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.smoothing import preference_probability
+    from smpo_pipeline.training.data import CachedPairs
+    from smpo_pipeline.training.runs import run_inputs, train_config
+    from smpo_pipeline.training.trainer import train_preference
+
+    run = run_inputs("smpo", preference_pairs, base_model, cache_report, train, cache)
+    pairs, alphas = run["pairs"], DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
+    prompts = [p for p in prompts_validation[: tune.validation_prompts] for _ in range(tune.seeds_per_prompt)]
+    protocol = SamplingProtocol(train.evaluation.steps, train.evaluation.guidance_scale, world.resolution)
+    # Trials train in plain PyTorch in this process; every other setting is train's.
+    base_config = train_config("smpo", train.model_copy(update={"deepspeed_config": None}), run["noise"])
+
+    def objective(trial: optuna.Trial) -> float:
+        beta = trial.suggest_float("beta", tune.beta.low, tune.beta.high, log=tune.beta.log)
+        tau = trial.suggest_float("tau", tune.tau.low, tune.tau.high, log=tune.tau.log)
+        gamma = trial.suggest_float("gamma", tune.gamma.low, tune.gamma.high, log=tune.gamma.log) if tune.gamma else train.gamma
+        data = CachedPairs(pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, tau)), run["data"].reader,
+                           run["prints"], run["noise"] == "cached")
+        # A trial's checkpoints are reused only by a trial that would train exactly the same: every
+        # training setting (β and γ included), the base model and every value of the pairs (τ's p).
+        config = replace(base_config, beta=beta, gamma=gamma)
+        key = run_key(config, run["prints"], data.pairs, CachedPairs.COLUMNS, steps=tune.steps,
+                      inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None)
+        config = replace(config, checkpoint_dir=str(Path(tune.trial_root) / tune.study_name / key),
+                         checkpoint_every=tune.report_every, keep_last=1)
+        reward = float("nan")
+        for done in range(tune.report_every, tune.steps + 1, tune.report_every):
+            unet = train_preference(copy.deepcopy(base_model.unet), data, replace(config, steps=done), run["inversion"],
+                                    alphas)
+            model = type(base_model)(**{**base_model.components, "unet": unet})
+            reward = float(oracle_rewards(model, prompts, list(range(len(prompts))), protocol,
+                                          train.evaluation.batch_size, progress=False).mean())
+            trial.report(reward, done)
+            log.info("trial %d: β=%.0f τ=%.3g γ=%.3g step %d validation reward %.4f", trial.number, beta, tau, gamma,
+                     done, reward)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return reward
+
+    return objective
 
 
 def plot_study(tuning_report: dict, tune: TuneParams):

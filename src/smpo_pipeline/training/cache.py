@@ -22,36 +22,21 @@ dropped from its manifest when the cache is opened and its entries are rebuilt o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from smpo_pipeline.checksums import file_sha256
+from smpo_pipeline.keys import file_sha256, key, module_fingerprint
 from smpo_pipeline.inversion import InversionConfig
 
 log = logging.getLogger(__name__)
 
 
 LATENT_FORMAT = "posterior-mean+std"  # what a latent entry holds; part of its key (older caches held the mode only)
-
-
-def module_fingerprint(module) -> str:
-    """sha256 over a module's parameters and buffers (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too
-    return h.hexdigest()[:16]
-
-
-def _key(kind: str, *parts) -> str:
-    return f"{kind}/" + hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -74,13 +59,13 @@ class Fingerprints:
         )
 
     def latent_key(self, image_uid: str) -> str:
-        return _key("latent", image_uid, self.vae, self.resolution, LATENT_FORMAT)
+        return key("latent", image_uid, self.vae, self.resolution, LATENT_FORMAT)
 
     def text_key(self, caption: str) -> str:
-        return _key("text", caption, self.text, self.resolution)
+        return key("text", caption, self.text, self.resolution)
 
     def trajectory_key(self, image_uid: str, caption: str) -> str:
-        return _key("traj", image_uid, caption, self.unet, self.vae, self.text, self.resolution, asdict(self.inversion))
+        return key("traj", image_uid, caption, self.unet, self.vae, self.text, self.resolution, asdict(self.inversion))
 
 
 class ShardedCache:
@@ -181,6 +166,63 @@ class CacheReader:
                 "built_with": [json.loads(b) for b in sorted(built)]}
 
 
+class _Encoder:
+    """A batch of captions or images as cache entries, computed with the base model."""
+
+    def __init__(self, pipe, prints: Fingerprints, storage_dtype: torch.dtype, trajectories: bool) -> None:
+        from smpo_pipeline.inversion import inverse_scheduler
+        from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+
+        self.pipe, self.prints, self.dtype, self.trajectories = pipe, prints, storage_dtype, trajectories
+        self.scheduler = inverse_scheduler(NOISE_SCHEDULE, prints.inversion.num_steps)
+
+    def conditioning(self, captions: list[str]):
+        from smpo_pipeline.models.conditioning import encode_prompts, time_ids
+
+        pipe = self.pipe
+        embeds, pooled = encode_prompts((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2),
+                                        list(captions))
+        return embeds, pooled, time_ids(self.prints.resolution, len(captions))
+
+    def texts(self, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        embeds, pooled, tids = self.conditioning(captions)
+        return {self.prints.text_key(c): {"prompt_embeds": embeds[i].to(self.dtype), "pooled": pooled[i].to(self.dtype),
+                                          "time_ids": tids[i]} for i, c in enumerate(captions)}
+
+    def images(self, batch: list[tuple[str, str, bytes]]) -> dict[str, dict[str, torch.Tensor]]:
+        """Latents (posterior mean and std × scaling) and, with trajectories, the ReNoise inversion
+        of each (image, caption) by the reference UNet."""
+        from smpo_pipeline.ingest.images import decode_rgb
+        from smpo_pipeline.inversion import renoise_inversion
+        from smpo_pipeline.models.sampling import to_pixels
+
+        vae, prints = self.pipe.vae, self.prints
+        posterior = vae.encode(to_pixels([decode_rgb(b) for _, _, b in batch], prints.resolution)).latent_dist
+        x0, x0_std = (v * vae.config.scaling_factor for v in (posterior.mean, posterior.std))
+        tensors = {prints.latent_key(uid): {"latent": x0[i].to(self.dtype), "latent_std": x0_std[i].to(self.dtype)}
+                   for i, (uid, _, _) in enumerate(batch)}
+        if self.trajectories:
+            embeds, pooled, tids = self.conditioning([c for _, c, _ in batch])
+            cond = {"prompt_embeds": embeds, "pooled": pooled, "time_ids": tids}
+            trajectory = renoise_inversion(self.pipe.unet, x0, cond, self.scheduler, prints.inversion)  # [K+1, B, ...]
+            for i, (uid, caption, _) in enumerate(batch):
+                tensors[prints.trajectory_key(uid, caption)] = {"trajectory": trajectory[:, i].to(self.dtype)}
+        return tensors
+
+
+def _work_of_rank(items, prints: Fingerprints, have: set[str], rank: int, world_size: int, trajectories: bool):
+    """(this rank's items, those of them still missing an entry, its captions still missing one).
+    All items of an image go to one rank, and distinct captions are dealt out the same way."""
+    items = sorted({(u, c): (u, c, b) for u, c, b in items}.values(), key=lambda x: (x[0], x[1]))
+    owner = {u: i % world_size for i, u in enumerate(sorted({u for u, _, _ in items}))}
+    mine = [it for it in items if owner[it[0]] == rank]
+    captions = sorted({c for _, c, _ in items})
+    my_captions = {c for i, c in enumerate(captions) if i % world_size == rank}
+    todo = [it for it in mine if prints.latent_key(it[0]) not in have
+            or (trajectories and prints.trajectory_key(it[0], it[1]) not in have)]
+    return mine, todo, sorted(c for c in my_captions if prints.text_key(c) not in have)
+
+
 def build_cache(
     pipe,
     items: list[tuple[str, str, bytes]],
@@ -198,73 +240,25 @@ def build_cache(
     encoders and its UNet as the reference for the inversion. Returns counts of what was computed.
     ``trajectories=False`` skips the ReNoise inversion (≈ 2K UNet passes per image): latents and text
     embeddings are all that DPO, DRO and SmPO with online or random forward noise read."""
-    import io
-
-    import numpy as np
-    from PIL import Image
     from tqdm.auto import tqdm
 
-    from smpo_pipeline.inversion import inverse_scheduler, renoise_inversion
-    from smpo_pipeline.models.conditioning import encode_prompts, time_ids
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-
     prints = Fingerprints.of(pipe, inversion)
-    resolution = prints.resolution
     built_with = {"vae": prints.vae, "text_encoders": prints.text, "reference_unet": prints.unet,
-                  "resolution": resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype),
+                  "resolution": prints.resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype),
                   "trajectories": trajectories}
     cache = ShardedCache(root, rank)
     cache.verify()
-    have = set(cache.entries())
-
-    items = sorted({(u, c): (u, c, b) for u, c, b in items}.values(), key=lambda x: (x[0], x[1]))
-    uids = sorted({u for u, _, _ in items})
-    owner = {u: i % world_size for i, u in enumerate(uids)}  # all items of an image on one rank
-    mine = [it for it in items if owner[it[0]] == rank]
-    captions = sorted({c for _, c, _ in items})
-    my_captions = {c for i, c in enumerate(captions) if i % world_size == rank}
-    todo = [it for it in mine if prints.latent_key(it[0]) not in have
-            or (trajectories and prints.trajectory_key(it[0], it[1]) not in have)]
-    text_todo = sorted(c for c in my_captions if prints.text_key(c) not in have)
+    mine, todo, text_todo = _work_of_rank(items, prints, set(cache.entries()), rank, world_size, trajectories)
+    encoder = _Encoder(pipe, prints, storage_dtype, trajectories)
+    batches = [("texts", text_todo[i : i + batch_size]) for i in range(0, len(text_todo), batch_size)]
+    batches += [("latents", todo[i : i + batch_size]) for i in range(0, len(todo), batch_size)]
     counts = {"items": len(mine), "latents": 0, "texts": 0, "trajectories": 0, "shards": 0}
-    scheduler = inverse_scheduler(NOISE_SCHEDULE, inversion.num_steps)
-    encoders = ((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2))
-
-    def encode(texts):
-        embeds, pooled = encode_prompts(*encoders, list(texts))
-        return embeds, pooled, time_ids(resolution, len(texts))
-
     bar = tqdm(total=len(todo) + len(text_todo), desc=f"cache rank {rank}", unit="entry", disable=not progress)
     with torch.no_grad():
-        for start in range(0, len(text_todo), batch_size):
-            batch = text_todo[start : start + batch_size]
-            embeds, pooled, tids = encode(batch)
-            tensors = {prints.text_key(c): {"prompt_embeds": embeds[i].to(storage_dtype), "pooled": pooled[i].to(storage_dtype),
-                                            "time_ids": tids[i]} for i, c in enumerate(batch)}
-            cache.write_shard(tensors, built_with)
-            counts["texts"] += len(batch)
-            counts["shards"] += 1
-            bar.update(len(batch))
-            if on_shard:
-                on_shard(counts["shards"])
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            pixels = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((resolution, resolution)))
-                               for _, _, b in batch])
-            pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-            posterior = pipe.vae.encode(pixels).latent_dist
-            x0, x0_std = (v * pipe.vae.config.scaling_factor for v in (posterior.mean, posterior.std))
-            embeds, pooled, tids = encode([c for _, c, _ in batch])
-            tensors = {prints.latent_key(uid): {"latent": x0[i].to(storage_dtype), "latent_std": x0_std[i].to(storage_dtype)}
-                       for i, (uid, _, _) in enumerate(batch)}
-            if trajectories:
-                cond = {"prompt_embeds": embeds, "pooled": pooled, "time_ids": tids}
-                trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, inversion)  # [K+1, B, ...]
-                for i, (uid, caption, _) in enumerate(batch):
-                    tensors[prints.trajectory_key(uid, caption)] = {"trajectory": trajectory[:, i].to(storage_dtype)}
-                counts["trajectories"] += len(batch)
-            cache.write_shard(tensors, built_with)
-            counts["latents"] += len(batch)
+        for kind, batch in batches:
+            cache.write_shard(encoder.texts(batch) if kind == "texts" else encoder.images(batch), built_with)
+            counts[kind] += len(batch)
+            counts["trajectories"] += len(batch) if kind == "latents" and trajectories else 0
             counts["shards"] += 1
             bar.update(len(batch))
             if on_shard:
@@ -273,19 +267,14 @@ def build_cache(
     return counts
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the world size, as torchrun / the DeepSpeed launcher set them."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point for multi-process builds: ``torchrun --nproc_per_node=N -m
-    smpo_pipeline.training_cache --model DIR --items FILE --root DIR`` (each rank fills its share)."""
+    smpo_pipeline.training.cache --model DIR --items FILE --root DIR`` (each rank fills its share)."""
     import argparse
 
     import pyarrow.parquet as pq
 
-    from smpo_pipeline.runtime import apply_project_environment
+    from smpo_pipeline.runtime import apply_project_environment, rank_and_world
 
     apply_project_environment()  # before diffusers imports huggingface_hub
     from diffusers import StableDiffusionXLPipeline
@@ -308,7 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     table = pq.read_table(args.items)
     items = list(zip(*(table.column(c).to_pylist() for c in ("image_uid", "caption", "jpg")), strict=True))
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model)
-    counts = build_cache(pipe, items, Path(args.root), InversionConfig(args.num_steps, args.renoise_iterations, args.guidance_scale),
+    inversion = InversionConfig(num_steps=args.num_steps, renoise_iterations=args.renoise_iterations,
+                                guidance_scale=args.guidance_scale)
+    counts = build_cache(pipe, items, Path(args.root), inversion,
                          args.batch_size, rank, world, getattr(torch, args.dtype), progress=rank == 0,
                          trajectories=not args.no_trajectories)
     print(json.dumps({"rank": rank, "world_size": world} | counts))  # noqa: T201 - read by the parent process

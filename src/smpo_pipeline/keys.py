@@ -1,0 +1,65 @@
+"""How the project keys reused work: every cache, checkpoint run, score and trial gets its key here.
+
+A key is a digest of the *content* of everything the artefact depends on (file bytes, tensor bytes,
+the values a run reads from a table) and of every setting that can change its value, serialised
+the same way everywhere (``digest``). Callers pass the values themselves, never a hand-kept list
+of names beside the code that reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def digest(*parts, length: int = 64) -> str:
+    """sha256 of ``parts`` as canonical JSON (sorted keys; dataclasses and paths as ``str``)."""
+    payload = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:length]
+
+
+def key(kind: str, *parts, length: int = 32) -> str:
+    """``<kind>/<digest of parts>``: a cache entry's name."""
+    return f"{kind}/" + digest(*parts, length=length)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def frame_digest(frame, columns) -> str:
+    """sha256 of the values in ``columns`` of a DataFrame, row order included: what a run that
+    reads those columns depends on (a changed label, probability or order changes it)."""
+    import pandas as pd
+
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise KeyError(f"frame_digest: no columns {missing}")
+    values = pd.util.hash_pandas_object(frame[list(columns)], index=False).to_numpy()
+    return hashlib.sha256(values.tobytes()).hexdigest()
+
+
+def module_fingerprint(module) -> str:
+    """sha256 over a module's parameters and buffers (names, dtypes, shapes and bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too
+    return h.hexdigest()[:16]
+
+
+def run_key(config, prints, pairs, columns, **more) -> str:
+    """A training run's key (its checkpoint directory): every setting of ``config`` (a dataclass),
+    the weights it starts from and reads through the cache (``prints``: UNet, VAE, text encoders),
+    every value it reads from ``pairs`` (``columns``: a new τ, order or reward model changes p or
+    the winners), and ``more`` (e.g. the inversion settings of cached trajectories)."""
+    from dataclasses import asdict
+
+    return digest(asdict(config), prints.unet, prints.vae, prints.text, frame_digest(pairs, columns), more, length=12)

@@ -1,0 +1,78 @@
+"""One training run, from the validated parameters: its ``TrainConfig``, what it reads, and
+whether its checkpoints already hold it. Shared by the ``train`` and ``tune`` pipelines and the
+benchmarks, so every caller builds a run the same way."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from smpo_pipeline.params import CacheParams, TrainParams
+
+
+def check_cache(cache_report: dict, prints, inversion, trajectories: bool = True) -> None:
+    """The cache must have been built from this base model, and, where the run reads cached
+    trajectories, with them and these inversion settings."""
+    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text}
+    if trajectories:
+        wanted |= {"inversion": asdict(inversion), "trajectories": True}
+    if not any(all(b.get(k, True if k == "trajectories" else None) == v for k, v in wanted.items())
+               for b in cache_report.get("built_with", [])):
+        raise ValueError(f"the training cache was built with {cache_report.get('built_with')}, not with the current "
+                         f"base model{' and cache.inversion' if trajectories else ''} {wanted}: rebuild it with "
+                         "`kedro run --pipeline cache`" + (" (cache.trajectories: true)" if trajectories else ""))
+
+
+def train_config(objective: str, train: TrainParams, noise: str, seed: int | None = None):
+    """The trainer's config for one (objective, seed), built from the parameters by name."""
+    from smpo_pipeline.training.replay import SamplerConfig
+    from smpo_pipeline.training.config import DROConfig, TrainConfig
+
+    ds = None
+    if train.deepspeed_config:
+        ds = json.loads(Path(train.deepspeed_config).read_text())
+        ds["zero_optimization"] = ds.get("zero_optimization", {}) | {"stage": train.zero_stage}
+    d = train.dro
+    return TrainConfig(
+        objective=objective, beta=train.beta.get(objective, 0.0), gamma=train.gamma, forward_noise=noise,
+        steps=train.steps, batch_size=train.batch_size, learning_rate=train.lr_for(objective),
+        warmup_steps=train.warmup_steps, grad_clip=train.grad_clip, caption_dropout=train.caption_dropout,
+        seed=train.seeds[0] if seed is None else seed, deepspeed=ds, evaluate_every=train.evaluation.every,
+        gradient_accumulation=train.gradient_accumulation, optimizer=train.optimizer, weight_decay=train.weight_decay,
+        lr_schedule=train.lr_schedule, gradient_checkpointing=train.gradient_checkpointing, precision=train.precision,
+        lora_rank=train.lora.rank, lora_alpha=train.lora.alpha, timestep_range=tuple(train.timestep_range),
+        min_snr_gamma=train.min_snr_gamma, latents=train.latents,
+        dro=DROConfig(margin=d.margin, refresh_every=d.refresh_every, buffer_size=d.buffer_size,
+                      sampler=SamplerConfig(steps=d.sampler_steps, guidance_scale=d.sampler_guidance, jitter=d.jitter)),
+    )
+
+
+def run_inputs(objective: str, preference_pairs, base_model, cache_report: dict, train: TrainParams,
+                cache: CacheParams) -> dict:
+    """What one run of ``objective`` reads: its pairs (in its winner order, SmPO's p), the cached
+    tensors behind them (DRO: its expert images), the inversion settings and the forward noise."""
+    from smpo_pipeline.smoothing import training_pairs
+    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
+    from smpo_pipeline.training.cache import CacheReader, Fingerprints
+
+    inversion = cache.inversion.config()
+    noise = train.forward_noise if objective == "smpo" else "none"
+    pairs = training_pairs(preference_pairs, train.order_for(objective), train.smoothing_by, train.gamma)
+    prints = Fingerprints.of(base_model, inversion)
+    check_cache(cache_report, prints, inversion, trajectories=noise == "cached")
+    reader = CacheReader(Path(cache.root))
+    experts = None
+    if objective == "dro":
+        experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints)
+    return {"pairs": pairs, "data": CachedPairs(pairs, reader, prints, noise == "cached"), "experts": experts,
+            "inversion": inversion, "noise": noise, "prints": prints}
+
+
+def reuse(checkpoint_dir: str, steps: int) -> tuple[int, str]:
+    """(steps already done, what happens to the run: new | resumed at step k | finished)."""
+    from smpo_pipeline.training.checkpoints import latest
+
+    found = latest(checkpoint_dir)
+    done = int(found.name.split("-")[1]) if found else 0
+    return done, ("finished" if done >= steps else f"resumed at step {done}") if found else "new"
