@@ -67,21 +67,21 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     """Train one configuration (``objective``, ``train`` overrides, optional ``order`` and ``tau``) on
     the chain's pairs and cache with the project's trainer; returns (trained UNet, step records).
     ``evaluate(unet) -> dict`` is called every ``every`` steps and at the end."""
-    from diffusers import DDPMScheduler
 
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.params import CacheParams
     from smpo_pipeline.training.runs import check_cache, train_config
     from smpo_pipeline.smoothing import preference_probability, training_pairs
     from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
     from smpo_pipeline.training.trainer import train_preference
+    from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
 
     train = merged_train(params, config)
     cache = CacheParams.model_validate(params["cache"])
     objective = config["objective"]
     base = chain["base_model"]
-    inversion = cache.inversion.config()
+    inversion = InversionConfig.of(cache.inversion)
     noise = train.forward_noise if objective == "smpo" else "none"
     prints = Fingerprints.of(base, inversion)
     check_cache(chain["cache_report"], prints, inversion, trajectories=noise == "cached")
@@ -101,7 +101,7 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
         config_ = replace(config_, beta=train.beta["dpo"])
     records = []
     unet = train_preference(copy.deepcopy(base.unet), data, config_, inversion,
-                            DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                            noise_schedule(base),
                             lambda step, record: records.append(record), experts, evaluate)
     return unet, records
 

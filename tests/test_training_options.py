@@ -88,7 +88,7 @@ def _train(tiny_pipeline_dir, tmp_path, objective="dpo", **options):
     records = []
     config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, forward_noise="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, **options)
     policy = train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(num_steps=5, renoise_iterations=1),
-                              _alphas(), lambda step, r: records.append(r),
+                              NOISE_SCHEDULE, lambda step, r: records.append(r),
                               CachedExperts(expert_pool(pairs), reader, prints))
     return pipe, policy, records
 
@@ -175,7 +175,7 @@ def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_
         runs[accumulation] = []
         train_preference(copy.deepcopy(pipe.unet), CachedPairs(pairs, reader, prints, False),
                          replace(config, steps=steps, gradient_accumulation=accumulation), InversionConfig(num_steps=5, renoise_iterations=1),
-                         _alphas(), lambda step, r, out=runs[accumulation]: out.append(r))
+                         NOISE_SCHEDULE, lambda step, r, out=runs[accumulation]: out.append(r))
     plain = np.array([r["ref_mse"] for r in runs[1]])
     assert len(set(plain.round(6))) > 1  # the micro-batches differ, so the last one is not the mean
     assert [r["ref_mse"] for r in runs[2]] == pytest.approx(plain.reshape(3, 2).mean(axis=1), rel=1e-5)
@@ -188,4 +188,4 @@ def test_fp16_without_deepspeed_is_refused(unet_and_cond):
 
     config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, precision="fp16")
     with pytest.raises(ValueError, match="fp16 needs loss scaling"):
-        train_preference(unet_and_cond[0], None, config, InversionConfig(num_steps=5, renoise_iterations=1), _alphas())
+        train_preference(unet_and_cond[0], None, config, InversionConfig(num_steps=5, renoise_iterations=1), NOISE_SCHEDULE)

@@ -96,7 +96,6 @@ def test_a_step_moves_the_policy_and_never_the_reference(setup):
 
 @pytest.mark.parametrize("inversion", ["cached", "online", "none"])
 def test_the_training_loop_reads_the_cache_and_trains_with_every_forward_noise(tiny_pipeline_dir, tmp_path, inversion):
-    from diffusers import DDPMScheduler
 
     from smpo_pipeline.training.config import TrainConfig
 
@@ -110,7 +109,7 @@ def test_the_training_loop_reads_the_cache_and_trains_with_every_forward_noise(t
     records = []
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     policy = train_preference(pipe.unet, data, TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, forward_noise=inversion, steps=3, batch_size=2, learning_rate=1e-4, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0),
-                              config, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r))
+                              config, NOISE_SCHEDULE, lambda step, r: records.append(r))
     assert len(records) == 3 and {"loss", "grad_norm", "lr", "implicit_accuracy", "weighted_margin"} <= set(records[0])
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # the reference is untouched
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
@@ -118,7 +117,6 @@ def test_the_training_loop_reads_the_cache_and_trains_with_every_forward_noise(t
 
 def test_the_evaluate_hook_sees_the_policy_on_schedule_and_timesteps_stay_in_their_range(tiny_pipeline_dir, tmp_path,
                                                                                         monkeypatch):
-    from diffusers import DDPMScheduler
 
     import smpo_pipeline.training.trainer as trainer
     from smpo_pipeline.training.config import TrainConfig
@@ -143,7 +141,7 @@ def test_the_evaluate_hook_sees_the_policy_on_schedule_and_timesteps_stay_in_the
                          learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0,
                          timestep_range=(600, 700), evaluate_every=2)
     train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config, InversionConfig(num_steps=5, renoise_iterations=1),
-                     DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, lambda step, r: records.append(r), evaluate=evaluate)
+                     NOISE_SCHEDULE, lambda step, r: records.append(r), evaluate=evaluate)
     timesteps = torch.cat(drawn)
     assert timesteps.min() >= 600 and timesteps.max() < 700 and len(timesteps.unique()) > 5
     # Steps 2, 4 and the last (5): in eval mode, on weights that move between calls.
@@ -158,7 +156,6 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     DeepSpeed's own mixed precision (bf16 weights, fp32 master copy), and the result comes back fp32."""
     import json
 
-    from diffusers import DDPMScheduler
 
     from smpo_pipeline.training.config import TrainConfig
 
@@ -174,7 +171,7 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     records = []
     policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="cached", steps=2, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
                                                        precision=precision),
-                              InversionConfig(num_steps=5, renoise_iterations=1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                              InversionConfig(num_steps=5, renoise_iterations=1), NOISE_SCHEDULE,
                               lambda step, r: records.append(r))
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     if precision == "fp32":  # (under bf16 the frozen reference is cast to bf16 in place: memory)
@@ -190,7 +187,6 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
     a LoRA policy whose reference is the same module with adapters off."""
     import json
 
-    from diffusers import DDPMScheduler
 
     from smpo_pipeline.training.config import TrainConfig
 
@@ -214,7 +210,7 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
     records = []
     policy = train_preference(pipe.unet, data, TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="cached", steps=2, batch_size=2, learning_rate=1e-2, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds,
                                                        **options),
-                              InversionConfig(num_steps=5, renoise_iterations=1), DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod,
+                              InversionConfig(num_steps=5, renoise_iterations=1), NOISE_SCHEDULE,
                               lambda step, r: records.append(r))
     assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert set(policy.state_dict()) == set(before)  # a plain UNet again (LoRA merged)
@@ -249,7 +245,7 @@ def log(step, record):
         f.write(json.dumps({"step": step, "loss": record["loss"]}) + "\\n")
     if step == int(kill_at):
         os.kill(os.getpid(), signal.SIGKILL)   # kill -9 in the middle of the run
-train_preference(pipe.unet, data, config, inv, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, log, experts)
+train_preference(pipe.unet, data, config, inv, NOISE_SCHEDULE, log, experts)
 """
 
 
@@ -332,3 +328,25 @@ def test_two_processes_train_under_zero2_stay_in_sync_and_resume_from_their_chec
     assert [r["step"] for r in resumed] == [2, 3]
     for a, b in zip(resumed, straight[2:], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_training_reads_the_models_own_noise_schedule(tiny_pipeline_dir):
+    """A model's scheduler comes with it: a pipeline saved with other betas is fine-tuned, inverted
+    and sampled by DRO on its own schedule, not on SDXL's."""
+    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+
+    from smpo_pipeline.models.tiny_sdxl import noise_schedule
+    from smpo_pipeline.training.config import TrainConfig
+    from smpo_pipeline.training.trainer import PairLoss
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
+    assert noise_schedule(pipe) == NOISE_SCHEDULE
+    pipe.scheduler.register_to_config(beta_end=0.02)
+    schedule = noise_schedule(pipe)
+    assert schedule["beta_end"] == 0.02
+    config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="none", steps=1, batch_size=2,
+                         learning_rate=1e-4, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0)
+    loss = PairLoss(None, config, InversionConfig(num_steps=5, renoise_iterations=1), schedule)
+    assert torch.allclose(loss.alphas, DDPMScheduler(**schedule).alphas_cumprod)
+    assert not torch.allclose(loss.alphas, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod)
+    assert loss.scheduler.config.beta_end == 0.02

@@ -41,6 +41,12 @@ class InversionConfig:
         if self.num_steps < 1 or self.renoise_iterations < 0 or self.guidance_scale < 1:
             raise ValueError(f"invalid inversion settings {self}")
 
+    @classmethod
+    def of(cls, settings) -> InversionConfig:
+        """From any object with these three fields by name (the ``cache.inversion`` parameters)."""
+        return cls(num_steps=settings.num_steps, renoise_iterations=settings.renoise_iterations,
+                   guidance_scale=settings.guidance_scale)
+
 
 def inverse_scheduler(noise_schedule: dict, num_steps: int):
     """SDXL's DDIM inverse scheduler ("leading", offset 1, ᾱ of the "−99" start = ᾱ[0])."""

@@ -55,11 +55,30 @@ def module_fingerprint(module) -> str:
     return h.hexdigest()[:16]
 
 
-def run_key(config, prints, pairs, columns, **more) -> str:
-    """A training run's key (its checkpoint directory): every setting of ``config`` (a dataclass),
+def run_description(config, prints, pairs, columns, **more) -> dict:
+    """Everything a training run depends on, by name: every setting of ``config`` (a dataclass),
     the weights it starts from and reads through the cache (``prints``: UNet, VAE, text encoders),
-    every value it reads from ``pairs`` (``columns``: a new τ, order or reward model changes p or
-    the winners), and ``more`` (e.g. the inversion settings of cached trajectories)."""
+    a digest of each column it reads from ``pairs`` (a new τ changes ``p``, a new order or reward
+    model the winners), and ``more`` (e.g. the inversion settings of cached trajectories). Its
+    digest is the run's key; kept beside the checkpoints, it says what a new run changed."""
     from dataclasses import asdict
 
-    return digest(asdict(config), prints.unet, prints.vae, prints.text, frame_digest(pairs, columns), more, length=12)
+    return {"settings": asdict(config), "weights": {"unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text},
+            "pairs": {column: frame_digest(pairs, [column]) for column in columns} | {"rows": len(pairs)}, **more}
+
+
+def run_key(description: dict) -> str:
+    """A training run's key (its checkpoint directory's name)."""
+    return digest(description, length=12)
+
+
+def changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted names of the values that differ between two descriptions (nested dicts walked)."""
+    names = []
+    for name in sorted(set(old) | set(new), key=str):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += changed(a, b, f"{prefix}{name}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            names.append(f"{prefix}{name}")
+    return names

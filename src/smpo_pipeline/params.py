@@ -230,13 +230,6 @@ class InversionParams(_Section):
     renoise_iterations: int = Field(1, ge=0)  # R: 1 = SmPO
     guidance_scale: float = Field(1.0, ge=1.0)  # 1 = prompt only
 
-    def config(self):
-        """These settings as the core's ``inversion.InversionConfig``, built by name."""
-        from smpo_pipeline.inversion import InversionConfig
-
-        return InversionConfig(num_steps=self.num_steps, renoise_iterations=self.renoise_iterations,
-                               guidance_scale=self.guidance_scale)
-
 
 class CacheParams(_Section):
     """The latent / text-embedding / ReNoise-trajectory cache (``pipelines/cache``)."""

@@ -126,3 +126,5 @@ def test_a_new_tau_retrains_smpo_while_an_unchanged_rerun_reuses_its_run(trained
     run_kedro(project, ["rewards", "train"], one | {"rewards": {"tau": 0.25}})
     new = json.loads((project / "reports/training/smpo.json").read_text())
     assert new["reuse"] == "new" and new["steps_run_now"] == 3 and new["run_id"] != same["run_id"]
+    # The run says why it is new: of everything it depends on, only the pairs' smoothed p changed.
+    assert new["changed_since_last_run"] == ["pairs.p"]

@@ -119,10 +119,19 @@ def build_sampling_scheduler():
     return EulerDiscreteScheduler(**NOISE_SCHEDULE, timestep_spacing="leading", steps_offset=1)
 
 
-def build_training_scheduler():
+def build_training_scheduler(schedule: dict | None = None):
+    """The DDPM scheduler of a noise schedule (default: SDXL's, which new tiny models are built with)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**NOISE_SCHEDULE)
+    return DDPMScheduler(**(schedule or NOISE_SCHEDULE))
+
+
+def noise_schedule(pipe) -> dict:
+    """A pipeline's own training noise schedule, read from its scheduler's config (as diffusers
+    does: a model's scheduler comes with it). What fine-tuning, the inversion and DRO's sampler
+    use, so a model trained on another schedule is fine-tuned on its own."""
+    config = pipe.scheduler.config
+    return {key: config[key] for key in NOISE_SCHEDULE if key in config}
 
 
 def assemble_pipeline(vae, text_encoder, text_encoder_2, tokenizer, unet, scheduler=None):

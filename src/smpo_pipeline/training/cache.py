@@ -171,10 +171,10 @@ class _Encoder:
 
     def __init__(self, pipe, prints: Fingerprints, storage_dtype: torch.dtype, trajectories: bool) -> None:
         from smpo_pipeline.inversion import inverse_scheduler
-        from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+        from smpo_pipeline.models.tiny_sdxl import noise_schedule
 
         self.pipe, self.prints, self.dtype, self.trajectories = pipe, prints, storage_dtype, trajectories
-        self.scheduler = inverse_scheduler(NOISE_SCHEDULE, prints.inversion.num_steps)
+        self.scheduler = inverse_scheduler(noise_schedule(pipe), prints.inversion.num_steps)
 
     def conditioning(self, captions: list[str]):
         from smpo_pipeline.models.conditioning import encode_prompts, time_ids

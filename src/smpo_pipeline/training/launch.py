@@ -69,11 +69,11 @@ def main(spec_path: str) -> None:
     from smpo_pipeline.runtime import apply_project_environment
 
     apply_project_environment()  # before diffusers imports huggingface_hub
-    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import save_file
 
     from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.training.config import TrainConfig
     from smpo_pipeline.training.data import CachedExperts, CachedPairs
     from smpo_pipeline.training.trainer import train_preference
@@ -97,7 +97,7 @@ def main(spec_path: str) -> None:
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps({"step": step} | record) + "\n")
 
-    policy = train_preference(pipe.unet, data, config, inversion, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, log,
+    policy = train_preference(pipe.unet, data, config, inversion, noise_schedule(pipe), log,
                               experts)
     state = {k: v.contiguous() for k, v in policy.state_dict().items()}
     digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()

@@ -54,9 +54,10 @@ def run_inputs(objective: str, preference_pairs, base_model, cache_report: dict,
     tensors behind them (DRO: its expert images), the inversion settings and the forward noise."""
     from smpo_pipeline.smoothing import training_pairs
     from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
+    from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
 
-    inversion = cache.inversion.config()
+    inversion = InversionConfig.of(cache.inversion)
     noise = train.forward_noise if objective == "smpo" else "none"
     pairs = training_pairs(preference_pairs, train.order_for(objective), train.smoothing_by, train.gamma)
     prints = Fingerprints.of(base_model, inversion)
@@ -69,10 +70,24 @@ def run_inputs(objective: str, preference_pairs, base_model, cache_report: dict,
             "inversion": inversion, "noise": noise, "prints": prints}
 
 
-def reuse(checkpoint_dir: str, steps: int) -> tuple[int, str]:
-    """(steps already done, what happens to the run: new | resumed at step k | finished)."""
+def reuse(checkpoint_dir: str, steps: int, description: dict) -> tuple[int, str, list[str]]:
+    """(steps already done, what happens to the run: new | resumed at step k | finished, and for a
+    new run what changed since the latest other run of the same objective). A new run's
+    description is written beside its checkpoints (``run.json``)."""
+    from smpo_pipeline.keys import changed
     from smpo_pipeline.training.checkpoints import latest
 
     found = latest(checkpoint_dir)
     done = int(found.name.split("-")[1]) if found else 0
-    return done, ("finished" if done >= steps else f"resumed at step {done}") if found else "new"
+    if found:
+        return done, "finished" if done >= steps else f"resumed at step {done}", []
+    here = Path(checkpoint_dir)
+    new = json.loads(json.dumps(description, default=str))
+    earlier = [(json.loads(path.read_text()), path.stat().st_mtime)
+               for path in here.parent.glob("*/run.json") if path.parent != here]
+    # Against the latest earlier run with the same seed, else the latest of any seed.
+    earlier.sort(key=lambda run: (run[0]["settings"].get("seed") == new["settings"].get("seed"), run[1]))
+    differences = changed(earlier[-1][0], new) if earlier else []
+    here.mkdir(parents=True, exist_ok=True)
+    (here / "run.json").write_text(json.dumps(description, indent=1, sort_keys=True, default=str))
+    return 0, "new", differences

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler
 from smpo_pipeline.models.conditioning import drop_captions
-from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
 from smpo_pipeline.training import checkpoints
 from smpo_pipeline.training.config import TrainConfig
 from smpo_pipeline.training.data import CachedExperts, CachedPairs
@@ -41,9 +41,10 @@ from smpo_pipeline.runtime import rank_and_world
 class PairLoss:
     """DPO and SmPO: the objective on a batch of cached pairs, captions dropped at random."""
 
-    def __init__(self, data: CachedPairs, config: TrainConfig, inversion: InversionConfig, alphas_cumprod) -> None:
-        self.data, self.config, self.inversion, self.alphas = data, config, inversion, alphas_cumprod
-        self.scheduler = inverse_scheduler(NOISE_SCHEDULE, inversion.num_steps)  # SmPO's online ReNoise
+    def __init__(self, data: CachedPairs, config: TrainConfig, inversion: InversionConfig, schedule: dict) -> None:
+        self.data, self.config, self.inversion = data, config, inversion
+        self.alphas = build_training_scheduler(schedule).alphas_cumprod
+        self.scheduler = inverse_scheduler(schedule, inversion.num_steps)  # SmPO's online ReNoise
 
     def before_step(self, step: int, engine: TorchEngine, rng, generator) -> None:
         pass
@@ -70,8 +71,9 @@ class DROLoss:
     (online half). Before each step the buffer gets ``batch_size`` states sampled by the policy, or
     by its copy of at most ``refresh_every`` steps ago (M > 1)."""
 
-    def __init__(self, experts: CachedExperts, config: TrainConfig, alphas_cumprod, template) -> None:
-        self.experts, self.config, self.alphas = experts, config, alphas_cumprod
+    def __init__(self, experts: CachedExperts, config: TrainConfig, schedule: dict, template) -> None:
+        self.experts, self.config, self.schedule = experts, config, schedule
+        self.alphas = build_training_scheduler(schedule).alphas_cumprod
         self.template = template  # a UNet of the policy's architecture, for the lagging sampler's copy
         self.buffer = ReplayBuffer(config.dro.buffer_size)
         self.sampler_net = None  # M > 1: the policy as of its last refresh; None: the policy itself
@@ -93,7 +95,7 @@ class DROLoss:
         with engine.autocast():
             x_t, timesteps, eps = sample_policy_states(net, {"prompt_embeds": embeds, "pooled": pooled,
                                                              "time_ids": time_ids}, self.experts.latent_shape,
-                                                       NOISE_SCHEDULE, c.dro.sampler, generator)
+                                                       self.schedule, c.dro.sampler, generator)
         engine.policy.train(was_training)
         self.buffer.add(x_t.float(), timesteps, eps.float(), rows)
 
@@ -143,10 +145,11 @@ def _evaluate(evaluate: Callable[[torch.nn.Module], dict], engine: TorchEngine) 
 
 
 def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversion: InversionConfig,
-                     alphas_cumprod, log: Callable[[int, dict], None] | None = None, experts: CachedExperts | None = None,
+                     noise_schedule: dict, log: Callable[[int, dict], None] | None = None, experts: CachedExperts | None = None,
                      evaluate: Callable[[torch.nn.Module], dict] | None = None):
     """Fine-tune a copy of ``base_unet`` on ``data`` (DRO: on ``experts``); returns the trained UNet
-    as a plain fp32 diffusers module (LoRA merged). ``base_unet`` itself becomes the frozen reference
+    as a plain fp32 diffusers module (LoRA merged). ``noise_schedule`` is the model's own
+    (``models.tiny_sdxl.noise_schedule(pipe)``): its ᾱ, the inversion's grid and DRO's sampler. ``base_unet`` itself becomes the frozen reference
     of a full fine-tune: eval, no gradients, and under DeepSpeed's bf16/fp16 cast in place.
     ``evaluate(policy)`` (every ``config.evaluate_every`` steps and at the end) returns metrics, e.g.
     a validation reward, logged with that step's record."""
@@ -160,8 +163,8 @@ def train_preference(base_unet, data: CachedPairs, config: TrainConfig, inversio
     engine = build_engine(policy, config)
     if isinstance(engine, DeepSpeedEngine) and config.precision != "fp32" and not config.lora_rank:
         reference = engine.cast_like_policy(reference)
-    batch_loss = DROLoss(experts, config, alphas_cumprod, base_unet) if config.objective == "dro" \
-        else PairLoss(data, config, inversion, alphas_cumprod)
+    batch_loss = DROLoss(experts, config, noise_schedule, base_unet) if config.objective == "dro" \
+        else PairLoss(data, config, inversion, noise_schedule)
     first, ranks = 0, {"rank": rank, "world_size": world_size}
     if config.checkpoint_dir and (found := checkpoints.latest(config.checkpoint_dir)) is not None:
         first, extra, shared = engine.restore(found, generator, rng, **ranks)

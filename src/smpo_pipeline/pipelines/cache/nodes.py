@@ -30,10 +30,11 @@ def fill_training_cache(preference_pairs, base_model, cache: CacheParams, data: 
     ``cache.num_processes > 1`` the same entry point runs under ``torchrun``, one share per rank."""
     import torch
 
+    from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.training.cache import CacheReader, build_cache
 
     items = pair_images(preference_pairs, Path(data.work_dir))
-    config = cache.inversion.config()
+    config = InversionConfig.of(cache.inversion)
     root = Path(cache.root)
     if cache.num_processes == 1:
         counts = build_cache(base_model, items, root, config, cache.batch_size,

@@ -63,25 +63,32 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     """One training run: (trained UNet, summary). Its checkpoints live under a key of everything it
     depends on (``keys.run_key``), so a re-run with the same inputs resumes (or finds the run
     finished) and any change starts afresh."""
-    from smpo_pipeline.keys import run_key
+    from smpo_pipeline.keys import run_description, run_key
     from smpo_pipeline.training.data import CachedPairs
     from smpo_pipeline.training.runs import reuse, run_inputs, train_config
 
     run = run_inputs(objective, preference_pairs, base_model, cache_report, train, cache)
     config = train_config(objective, train, run["noise"], seed)
     read = [*CachedPairs.COLUMNS] + (["r_w", "r_l"] if objective == "dro" else [])
-    run_id = run_key(config, run["prints"], run["pairs"], read, processes=train.num_processes,
-                     inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None)
+    description = run_description(config, run["prints"], run["pairs"], read, processes=train.num_processes,
+                                  inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None)
+    run_id = run_key(description)
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
-    done, reuse = reuse(config.checkpoint_dir, train.steps)
-    log.info("%s (seed %d): %s run %s, %d of %d steps done", objective, seed,
-             {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done, train.steps)
+    done, reused, changes = reuse(config.checkpoint_dir, train.steps, description)
+    if reused == "finished":
+        log.info("%s (seed %d): run %s is finished (%d steps): reusing it, nothing to train", objective, seed, run_id, done)
+    elif done:
+        log.info("%s (seed %d): resuming run %s at step %d of %d", objective, seed, run_id, done, train.steps)
+    else:
+        log.info("%s (seed %d): %s, starting run %s", objective, seed,
+                 f"changed since the last run: {', '.join(changes)}" if changes else "no earlier run", run_id)
     live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"_seed-{seed}")
     records, start, policy = _run_logged(run, config, base_model, prompts_validation, train, cache, live_dir,
                                          resuming=done > 0)
     tail = records[-min(20, len(records)):]
-    summary = {"objective": objective, "trained": True, "seed": seed, "run_id": run_id, "reuse": reuse,
+    summary = {"objective": objective, "trained": True, "seed": seed, "run_id": run_id, "reuse": reused,
+               "changed_since_last_run": changes,
                "forward_noise": run["noise"], "pair_order": train.order_for(objective), "pairs": len(run["pairs"]),
                "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
                "steps": train.steps, "zero_stage": train.zero_stage if config.deepspeed else None,
@@ -98,10 +105,9 @@ def _run_logged(run: dict, config, base_model, prompts_validation: list[str], tr
                 live_dir: str, resuming: bool):
     """Train (in this process, or in ``train.num_processes`` ranks) with every step's record sent
     to dvclive; returns (records of this run, the base model's validation point, trained UNet)."""
-    from diffusers import DDPMScheduler
     from dvclive import Live
 
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.training.launch import train_in_processes
     from smpo_pipeline.training.trainer import train_preference
 
@@ -125,7 +131,7 @@ def _run_logged(run: dict, config, base_model, prompts_validation: list[str], tr
             hook = _validation_curve(base_model, prompts_validation, train, resolution)
             start = hook(base_model.unet) if hook and not resuming else None
             policy = train_preference(copy.deepcopy(base_model.unet), run["data"], config, run["inversion"],
-                                      DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod, collect, run["experts"], hook)
+                                      noise_schedule(base_model), collect, run["experts"], hook)
     return records, start, policy
 
 

@@ -79,19 +79,18 @@ def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_v
     """Optuna's objective: train SmPO with a trial's β, τ (and γ) in segments of
     ``tune.report_every`` steps, reporting the validation reward after each so the pruner can stop it."""
     import optuna
-    from diffusers import DDPMScheduler
 
     from smpo_pipeline.evaluation import oracle_rewards
-    from smpo_pipeline.keys import run_key
+    from smpo_pipeline.keys import run_description, run_key
     from smpo_pipeline.models.sampling import SamplingProtocol
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.smoothing import preference_probability
     from smpo_pipeline.training.data import CachedPairs
     from smpo_pipeline.training.runs import run_inputs, train_config
     from smpo_pipeline.training.trainer import train_preference
 
     run = run_inputs("smpo", preference_pairs, base_model, cache_report, train, cache)
-    pairs, alphas = run["pairs"], DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
+    pairs, schedule = run["pairs"], noise_schedule(base_model)
     prompts = [p for p in prompts_validation[: tune.validation_prompts] for _ in range(tune.seeds_per_prompt)]
     protocol = SamplingProtocol(train.evaluation.steps, train.evaluation.guidance_scale, world.resolution)
     # Trials train in plain PyTorch in this process; every other setting is train's.
@@ -106,14 +105,14 @@ def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_v
         # A trial's checkpoints are reused only by a trial that would train exactly the same: every
         # training setting (β and γ included), the base model and every value of the pairs (τ's p).
         config = replace(base_config, beta=beta, gamma=gamma)
-        key = run_key(config, run["prints"], data.pairs, CachedPairs.COLUMNS, steps=tune.steps,
-                      inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None)
+        key = run_key(run_description(config, run["prints"], data.pairs, CachedPairs.COLUMNS, steps=tune.steps,
+                                      inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None))
         config = replace(config, checkpoint_dir=str(Path(tune.trial_root) / tune.study_name / key),
                          checkpoint_every=tune.report_every, keep_last=1)
         reward = float("nan")
         for done in range(tune.report_every, tune.steps + 1, tune.report_every):
             unet = train_preference(copy.deepcopy(base_model.unet), data, replace(config, steps=done), run["inversion"],
-                                    alphas)
+                                    schedule)
             model = type(base_model)(**{**base_model.components, "unet": unet})
             reward = float(oracle_rewards(model, prompts, list(range(len(prompts))), protocol,
                                           train.evaluation.batch_size, progress=False).mean())
