@@ -17,6 +17,7 @@ from smpo_pipeline.ingest.shards import (
     summarise,
     validate_shards,
 )
+from smpo_pipeline.keys import content_uid
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 from tests.conftest import PROJECT_ROOT
 from tests.pickapic_factory import png_header_only, valid_rows, write_shard
@@ -96,7 +97,26 @@ def test_images_are_stored_once_byte_for_byte(tmp_path):
     images = pq.read_table(tmp_path / "work" / "a.images.parquet").to_pylist()
     assert len(images) == 7
     by_uid = {i["image_uid"]: i["jpg"] for i in images}
-    assert by_uid[rows[0]["image_0_uid"]] == rows[0]["jpg_0"]
+    assert by_uid[content_uid(rows[0]["jpg_0"])] == rows[0]["jpg_0"]
+
+
+def test_an_image_is_keyed_by_its_bytes_not_by_the_uid_its_source_gave_it(tmp_path):
+    """Caches downstream key their work by image uid: a replaced image under the source's old uid
+    must be a new image to them, and the same bytes under two source uids one image."""
+    rows = valid_rows(3)
+    # A source uid reused for other bytes (row 1 prefers its image 1, so its choice follows it) ...
+    rows[1]["image_1_uid"] = rows[1]["best_image_uid"] = rows[0]["image_0_uid"]
+    rows[2]["jpg_1"] = rows[0]["jpg_0"]  # ... and the same bytes under another source uid
+    write_shard(tmp_path / "raw" / "a.parquet", rows)
+    _, summary = run(tmp_path / "raw", tmp_path / "work")
+    assert summary["valid"] == 3, summary
+    pairs = pq.read_table(tmp_path / "work" / "a.pairs.parquet").to_pylist()
+    images = {i["image_uid"]: i["jpg"] for i in pq.read_table(tmp_path / "work" / "a.images.parquet").to_pylist()}
+    assert len(images) == 5  # six images, two of them the same bytes
+    assert pairs[0]["image_0_uid"] != pairs[1]["image_1_uid"]  # same source uid, other bytes: two images
+    assert pairs[1]["image_1_source_uid"] == rows[0]["image_0_uid"]  # the source's uid is kept beside it
+    assert pairs[2]["image_1_uid"] == pairs[0]["image_0_uid"]  # same bytes: one image
+    assert all(images[p[f"image_{k}_uid"]] == rows[r][f"jpg_{k}"] for r, p in enumerate(pairs) for k in (0, 1))
 
 
 def test_duplicates_are_found_across_shards(tmp_path):

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
+
+CONTENT_NAMESPACE = uuid.UUID(int=0)
 
 
 def digest(*parts, length: int = 64) -> str:
     """sha256 of ``parts`` as canonical JSON (sorted keys; dataclasses and paths as ``str``)."""
     payload = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(payload).hexdigest()[:length]
+
+
+def content_uid(data: bytes, namespace: uuid.UUID = CONTENT_NAMESPACE) -> str:
+    """An image's uid, derived from its bytes. Every stage after ``data`` keys its work on an image
+    (reward scores, latents, trajectories) by this uid, so changed bytes are a new image whatever
+    uid their source gave them, and the same bytes are one image."""
+    return str(uuid.uuid5(namespace, hashlib.sha256(data).hexdigest()))
 
 
 def key(kind: str, *parts, length: int = 32) -> str:

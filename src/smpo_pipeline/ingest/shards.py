@@ -36,13 +36,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smpo_pipeline.keys import file_sha256
+from smpo_pipeline.keys import content_uid, file_sha256
 from smpo_pipeline.ingest.images import inspect_image
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 
 log = logging.getLogger(__name__)
 
-INGEST_VERSION = 1  # bump when the classification logic changes: every shard is re-validated
+INGEST_VERSION = 2  # 2: image uids derived from the bytes. Bump when the classification logic changes: every shard is re-validated
 OPTIONAL_COLUMNS = frozenset(
     {"image_0_url", "image_1_url", "model_0", "model_1", "ranking_id", "user_id",
      "num_example_per_prompt", "created_at", "__index_level_0__"}
@@ -300,19 +300,25 @@ def _output_tables(table: pa.Table, frame, classes, shard: str, seen: dict[str, 
                                ("source_shard", [shard] * len(q_rows), pa.string()), ("source_row", q_rows, pa.int64())):
         quarantine = quarantine.append_column(name, pa.array(values, kind))
     kept = canonical.take(pa.array(keep, pa.int64()))
+    # The pipeline's image uid is its bytes' (keys.content_uid): a re-encoded or replaced image is a
+    # new image to every cache downstream, even under the source's uid, which is kept beside it.
+    uids = {k: [content_uid(b) for b in kept.column(f"jpg_{k}").to_pylist()] for k in (0, 1)}
     pairs = pa.table({
         "pair_id": [f"{stem}:{i}" for i in keep],
-        **{c: kept.column(c) for c in ("caption", "image_0_uid", "image_1_uid", "label_0", "label_1")},
+        "caption": kept.column("caption"),
+        "image_0_uid": pa.array(uids[0], pa.string()), "image_1_uid": pa.array(uids[1], pa.string()),
+        **{c: kept.column(c) for c in ("label_0", "label_1")},
         "is_tie": pa.array([bool(frame.at[i, "is_tie"]) for i in keep], pa.bool_()),
         **{c: kept.column(c) for c in ("user_id", "ranking_id")},
         "row_key": pa.array([frame.at[i, "row_key"] for i in keep], pa.string()),
         "source_shard": pa.array([shard] * len(keep), pa.string()),
         "source_row": pa.array(keep, pa.int64()),
+        "image_0_source_uid": kept.column("image_0_uid"), "image_1_source_uid": kept.column("image_1_uid"),
     })
     image_rows: dict[str, list] = {"image_uid": [], "jpg": [], "width": [], "height": []}
-    for i in keep:
+    for row, i in enumerate(keep):
         for k in (0, 1):
-            uid = canonical.column(f"image_{k}_uid")[i].as_py()
+            uid = uids[k][row]
             if uid in stored_uids:
                 continue
             stored_uids.add(uid)

@@ -6,7 +6,6 @@ Pure numpy; the caller turns the rows into Pick-a-Pic shards (``smpo_pipeline.pi
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from smpo_pipeline.keys import content_uid
 from smpo_pipeline.world.annotators import TIE, AnnotatorPopulation
 from smpo_pipeline.world.oracle import OracleReading, combine_scores, score_reading
 
@@ -48,7 +48,7 @@ def image_uid(image: bytes, namespace: uuid.UUID) -> str:
     """An image's uid, derived from its bytes: every later stage caches its work (reward scores,
     latents) under the uid, so an image redrawn by a new base model must get a new one, as every
     new image on Pick-a-Pic does."""
-    return str(uuid.uuid5(namespace, hashlib.sha256(image).hexdigest()))
+    return content_uid(image, namespace)
 
 
 def label_pairs(captions: list[str], readings: list[list[OracleReading]], images: list[list[bytes]],
