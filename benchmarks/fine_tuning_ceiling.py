@@ -82,12 +82,12 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
     import numpy as np
     import torch
 
-    from smpo_pipeline.training.pretraining import render_batch
+    from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.models.conditioning import drop_captions, encode_prompts, time_ids
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
-    from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.training.policy import add_lora, merged_unet
+    from smpo_pipeline.training.pretraining import render_batch
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -155,16 +155,16 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
     import torch
     from diffusers import DDPMScheduler
 
+    from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.models.conditioning import drop_captions
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-    from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.smoothing import training_pairs
-    from smpo_pipeline.training.step import PairBatch, preference_loss
-    from smpo_pipeline.training.data import CachedPairs
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
+    from smpo_pipeline.training.data import CachedPairs
+    from smpo_pipeline.training.pretraining import render_batch
+    from smpo_pipeline.training.step import PairBatch, preference_loss
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -237,11 +237,11 @@ def vae_training(prompts: list[str], steps: int, every: int) -> None:
     import torch
     import yaml
 
-    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.models.sampling import vae_round_trip
     from smpo_pipeline.models.tiny_sdxl import build_vae
     from smpo_pipeline.params import BaseModelParams, WorldParams
     from smpo_pipeline.pipelines.bootstrap.nodes import _spec
+    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.world.render import render
 
     conf = yaml.safe_load(Path("conf/base/parameters_bootstrap.yml").read_text())

@@ -25,10 +25,15 @@ def main() -> None:
     apply_project_environment()  # offline, telemetry off
     from diffusers import StableDiffusionXLPipeline
 
-    from smpo_pipeline.inversion import InversionConfig, ddim_reconstruct, inverse_scheduler, renoise_inversion
-    from smpo_pipeline.training.pretraining import render_batch
+    from smpo_pipeline.inversion import (
+        InversionConfig,
+        ddim_reconstruct,
+        inverse_scheduler,
+        renoise_inversion,
+    )
     from smpo_pipeline.models.conditioning import encode_prompts, time_ids
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.world.grammar import split_compositions
 
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model)

@@ -14,11 +14,11 @@ Validation prompts only: the test prompts are never looked at. The sweep files u
 from __future__ import annotations
 
 import argparse
-import hashlib
 import copy
-from dataclasses import replace
+import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -68,14 +68,14 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     the chain's pairs and cache with the project's trainer; returns (trained UNet, step records).
     ``evaluate(unet) -> dict`` is called every ``every`` steps and at the end."""
 
+    from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.params import CacheParams
-    from smpo_pipeline.training.runs import check_cache, train_config
     from smpo_pipeline.smoothing import preference_probability, training_pairs
-    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
-    from smpo_pipeline.training.trainer import train_preference
-    from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
+    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
+    from smpo_pipeline.training.runs import check_cache, train_config
+    from smpo_pipeline.training.trainer import train_preference
 
     train = merged_train(params, config)
     cache = CacheParams.model_validate(params["cache"])
@@ -109,8 +109,8 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
 def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every: int) -> dict:
     import numpy as np
 
-    from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.evaluation import oracle_rewards
+    from smpo_pipeline.models.sampling import SamplingProtocol
 
     base = chain["base_model"]
     val = chain["prompts_validation"][:prompts]
@@ -178,8 +178,8 @@ def main() -> None:
     if earlier.get("context") == context:  # the base model's reward on these prompts, measured before
         base_reward = earlier["base_reward"]
     if base_reward is None:
-        from smpo_pipeline.models.sampling import SamplingProtocol
         from smpo_pipeline.evaluation import oracle_rewards
+        from smpo_pipeline.models.sampling import SamplingProtocol
 
         base = chain["base_model"]
         e = params["train"]["evaluation"]

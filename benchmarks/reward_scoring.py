@@ -64,8 +64,8 @@ def main() -> None:
 
     import torch
 
-    from smpo_pipeline.rewards import build_reward_model
     from smpo_pipeline.models.tiny_sdxl import count_parameters
+    from smpo_pipeline.rewards import build_reward_model
 
     images, prompts = images_and_prompts(args.images, 32)
     oracle = rate(build_reward_model("shapes-oracle"), images * 8, prompts * 8, args.batch_size)

@@ -43,8 +43,8 @@ def _test_images(chain: dict, params: dict) -> tuple[list[str], list[int]]:
 def _validation_reward(unet, chain: dict, params: dict, prompts: int = 96) -> float:
     """The mean oracle reward on the first validation prompts, one image each, as the regime sweeps
     measure it (``benchmarks/preference_regime.py``)."""
-    from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.evaluation import oracle_rewards
+    from smpo_pipeline.models.sampling import SamplingProtocol
 
     base = chain["base_model"]
     e = params["train"]["evaluation"]
@@ -55,9 +55,9 @@ def _validation_reward(unet, chain: dict, params: dict, prompts: int = 96) -> fl
 
 
 def _scores(unet, chain: dict, params: dict) -> list[float]:
+    from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.params import EvaluationParams
-    from smpo_pipeline.evaluation import oracle_rewards
 
     base = chain["base_model"]
     e = EvaluationParams.model_validate(params["evaluation"])

@@ -9,9 +9,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 
 from pathlib import Path
 
-from PIL import Image
-
 import pytest
+from PIL import Image
 
 from smpo_pipeline.runtime import apply_project_environment
 

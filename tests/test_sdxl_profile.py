@@ -74,8 +74,8 @@ def test_deepspeed_configs_parse_and_match_the_batch_arithmetic(name, monkeypatc
 def test_the_trainer_hands_deepspeed_the_profiles_batch(alternative):
     import yaml
 
-    from smpo_pipeline.training.runs import train_config
     from smpo_pipeline.training.engine import deepspeed_config
+    from smpo_pipeline.training.runs import train_config
 
     override = yaml.safe_load((PROJECT_ROOT / "conf/sdxl/alternatives" / alternative).read_text()) if alternative else None
     train = validate_parameters(_sdxl_parameters(override)).train

@@ -11,7 +11,12 @@ import torch
 
 from smpo_pipeline.inversion import InversionConfig
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-from smpo_pipeline.training.replay import ReplayBuffer, SamplerConfig, jittered_timesteps, sample_policy_states
+from smpo_pipeline.training.replay import (
+    ReplayBuffer,
+    SamplerConfig,
+    jittered_timesteps,
+    sample_policy_states,
+)
 from smpo_pipeline.training.step import DROBatch, dro_batch_loss
 from tests.test_training_step import training_set
 
@@ -163,9 +168,7 @@ def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_
     from dataclasses import replace
 
     from smpo_pipeline.training.config import TrainConfig
-
     from smpo_pipeline.training.data import CachedPairs
-
     from smpo_pipeline.training.trainer import train_preference
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path)

@@ -98,9 +98,7 @@ def test_a_step_moves_the_policy_and_never_the_reference(setup):
 def test_the_training_loop_reads_the_cache_and_trains_with_every_forward_noise(tiny_pipeline_dir, tmp_path, inversion):
 
     from smpo_pipeline.training.config import TrainConfig
-
     from smpo_pipeline.training.data import CachedPairs
-
     from smpo_pipeline.training.trainer import train_preference
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, probs=(0.9, 0.7, 0.6, 0.55))
@@ -156,11 +154,8 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     DeepSpeed's own mixed precision (bf16 weights, fp32 master copy), and the result comes back fp32."""
     import json
 
-
     from smpo_pipeline.training.config import TrainConfig
-
     from smpo_pipeline.training.data import CachedPairs
-
     from smpo_pipeline.training.trainer import train_preference
     from tests.conftest import PROJECT_ROOT
 
@@ -187,11 +182,8 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
     a LoRA policy whose reference is the same module with adapters off."""
     import json
 
-
     from smpo_pipeline.training.config import TrainConfig
-
     from smpo_pipeline.training.data import CachedPairs
-
     from smpo_pipeline.training.trainer import train_preference
     from tests.conftest import PROJECT_ROOT
 
@@ -291,9 +283,8 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_
 def test_two_processes_train_under_zero2_stay_in_sync_and_resume_from_their_checkpoint(tiny_pipeline_dir, tmp_path):
     """The multi-process entry point under torchrun: 2 CPU ranks, ZeRO-2, gloo; a checkpoint written
     by both ranks continues the same loss curve."""
-    import shutil
-
     import json
+    import shutil
     import subprocess
     from dataclasses import asdict
 

@@ -11,6 +11,7 @@ import pytest
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 from tests.conftest import REDUCED, make_kedro_project, run_kedro
 
+
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory):
     project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")

@@ -13,7 +13,6 @@ from smpo_pipeline import smoothing
 from tests.conftest import make_kedro_project, run_kedro
 from tests.pickapic_factory import annotated_rows, write_shard
 
-
 ORACLE = {"rewards": {"model": "shapes-oracle", "model_options": {}, "bounds": {"method": "fixed"},
                      "reference": None}}
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import CHAIN, run_kedro
 
+
 @pytest.mark.slow
 def test_each_objective_yields_a_stock_diffusers_model(trained_project):
     script = ("import sys; from diffusers import StableDiffusionXLPipeline as P\n"

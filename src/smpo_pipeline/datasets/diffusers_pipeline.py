@@ -15,13 +15,12 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
-
 
 NOT_TRAINED = "not_trained.json"
 

@@ -36,8 +36,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smpo_pipeline.keys import content_uid, file_sha256
 from smpo_pipeline.ingest.images import inspect_image
+from smpo_pipeline.keys import content_uid, file_sha256
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-
 SCHEDULERS = {"euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
               "dpm++": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler"}
 

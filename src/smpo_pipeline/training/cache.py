@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from smpo_pipeline.keys import file_sha256, key, module_fingerprint
 from smpo_pipeline.inversion import InversionConfig
+from smpo_pipeline.keys import file_sha256, key, module_fingerprint
 
 log = logging.getLogger(__name__)
 

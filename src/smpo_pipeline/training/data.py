@@ -10,8 +10,8 @@ import functools
 
 import torch
 
-from smpo_pipeline.training.step import PairBatch
 from smpo_pipeline.training.cache import CacheReader, Fingerprints
+from smpo_pipeline.training.step import PairBatch
 
 
 class CachedPairs:

@@ -74,11 +74,11 @@ def main(spec_path: str) -> None:
 
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
+    from smpo_pipeline.runtime import rank_and_world
+    from smpo_pipeline.training.cache import CacheReader, Fingerprints
     from smpo_pipeline.training.config import TrainConfig
     from smpo_pipeline.training.data import CachedExperts, CachedPairs
     from smpo_pipeline.training.trainer import train_preference
-    from smpo_pipeline.runtime import rank_and_world
-    from smpo_pipeline.training.cache import CacheReader, Fingerprints
 
     spec = json.loads(Path(spec_path).read_text())
     rank, _ = rank_and_world()

@@ -26,8 +26,8 @@ def check_cache(cache_report: dict, prints, inversion, trajectories: bool = True
 
 def train_config(objective: str, train: TrainParams, noise: str, seed: int | None = None):
     """The trainer's config for one (objective, seed), built from the parameters by name."""
-    from smpo_pipeline.training.replay import SamplerConfig
     from smpo_pipeline.training.config import DROConfig, TrainConfig
+    from smpo_pipeline.training.replay import SamplerConfig
 
     ds = None
     if train.deepspeed_config:
@@ -52,10 +52,10 @@ def run_inputs(objective: str, preference_pairs, base_model, cache_report: dict,
                 cache: CacheParams) -> dict:
     """What one run of ``objective`` reads: its pairs (in its winner order, SmPO's p), the cached
     tensors behind them (DRO: its expert images), the inversion settings and the forward noise."""
-    from smpo_pipeline.smoothing import training_pairs
-    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
     from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.smoothing import training_pairs
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
+    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
 
     inversion = InversionConfig.of(cache.inversion)
     noise = train.forward_noise if objective == "smpo" else "none"

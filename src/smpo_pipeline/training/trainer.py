@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler
 from smpo_pipeline.models.conditioning import drop_captions
 from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
+from smpo_pipeline.runtime import rank_and_world
 from smpo_pipeline.training import checkpoints
 from smpo_pipeline.training.config import TrainConfig
 from smpo_pipeline.training.data import CachedExperts, CachedPairs
@@ -35,7 +36,6 @@ from smpo_pipeline.training.engine import DeepSpeedEngine, TorchEngine, build_en
 from smpo_pipeline.training.policy import merged_unet, plain_unet, policy_and_reference
 from smpo_pipeline.training.replay import ReplayBuffer, sample_policy_states
 from smpo_pipeline.training.step import DROBatch, dro_batch_loss, preference_loss
-from smpo_pipeline.runtime import rank_and_world
 
 
 class PairLoss:

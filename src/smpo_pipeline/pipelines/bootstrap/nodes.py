@@ -57,8 +57,8 @@ def train_base_vae(prompts_train: list[str], world: WorldParams, base_model: Bas
     """A small ``AutoencoderKL`` trained on jittered renders of the training prompts."""
     import torch
 
-    from smpo_pipeline.training.pretraining import train_vae
     from smpo_pipeline.models.tiny_sdxl import build_vae, count_parameters
+    from smpo_pipeline.training.pretraining import train_vae
 
     w, b = world, base_model
     torch.manual_seed(b.seed)
@@ -78,8 +78,13 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
     ``unet.curve_every`` the EMA is measured on validation prompts along the way."""
     import torch
 
+    from smpo_pipeline.models.tiny_sdxl import (
+        assemble_pipeline,
+        build_text_encoders,
+        build_unet,
+        count_parameters,
+    )
     from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
-    from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, build_text_encoders, build_unet, count_parameters
     from smpo_pipeline.world.captions import web_captions
 
     w, b = world, base_model

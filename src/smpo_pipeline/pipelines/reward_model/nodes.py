@@ -86,7 +86,12 @@ def measure_reward_model(reward_model, training: dict, clean_pairs, params: Rewa
     embedded world's shapes-oracle) agreement on the same pairs, how often the two order a pair
     alike, and how their margins correlate."""
     from smpo_pipeline.datasets import NotTrained
-    from smpo_pipeline.rewards.pickscore_training import agreement_interval, calibration, pair_tensors, predict
+    from smpo_pipeline.rewards.pickscore_training import (
+        agreement_interval,
+        calibration,
+        pair_tensors,
+        predict,
+    )
 
     if isinstance(reward_model, NotTrained):
         return training | {"reason": reward_model.reason}, _figure(None, None, None)
