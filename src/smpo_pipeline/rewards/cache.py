@@ -56,6 +56,27 @@ class ScoreCache:
         pq.write_table(table, tmp)
         tmp.rename(self.directory / f"part-{index:06d}.parquet")
 
+    def missing(self, items: Iterable[tuple]) -> tuple[list[tuple], dict[tuple[str, str], float]]:
+        """(the items = (uid, caption, ...) without a score here, every score held)."""
+        done = self.load()
+        return [it for it in items if (it[0], caption_key(it[1])) not in done], done
+
+    def score(self, items: list[tuple], images: Callable[[list[tuple]], list], model, batch_size: int,
+              bar=None, on_batch: Callable[[], None] | None = None) -> dict[tuple[str, str], float]:
+        """Score ``items`` = (uid, caption, ...) a batch at a time (``images(batch)``: their PIL
+        images), appending every batch as it is scored; returns the new scores by (uid, caption key)."""
+        new = {}
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            scores = model.score(images(batch), [it[1] for it in batch])
+            self.append([it[0] for it in batch], [it[1] for it in batch], scores)
+            new.update({(it[0], caption_key(it[1])): float(v) for it, v in zip(batch, scores, strict=True)})
+            if bar is not None:
+                bar.update(len(batch))
+            if on_batch:
+                on_batch()
+        return new
+
 
 def score_missing(
     requests: Iterable[tuple[str, str, str]],
@@ -72,31 +93,26 @@ def score_missing(
 
     from smpo_pipeline.ingest.images import decode_rgb, images_by_uid
 
-    done = cache.load()
-    pending: dict[str, list[tuple[str, str]]] = {}
-    total = cached = 0
-    for uid, caption, image_file in requests:
-        total += 1
-        if (uid, caption_key(caption)) in done:
-            cached += 1
-        else:
-            pending.setdefault(image_file, []).append((uid, caption))
-    todo = sum(map(len, pending.values()))
-    bar = tqdm(total=todo, desc=f"scoring with {model.name}", unit="img", disable=not progress)
+    requests = list(requests)
+    todo, _ = cache.missing(requests)
+    by_file: dict[str, list[tuple[str, str, str]]] = {}
+    for item in todo:
+        by_file.setdefault(item[2], []).append(item)
+    bar = tqdm(total=len(todo), desc=f"scoring with {model.name}", unit="img", disable=not progress)
     batches = 0
-    for image_file, items in pending.items():
-        data = images_by_uid({image_file: {uid for uid, _ in items}}, images_dir)  # one shard in memory at a time
-        for start in range(0, len(items), batch_size):
-            batch = items[start : start + batch_size]
-            images = [decode_rgb(data[uid]) for uid, _ in batch]
-            scores = model.score(images, [caption for _, caption in batch])
-            cache.append([uid for uid, _ in batch], [caption for _, caption in batch], scores)
-            bar.update(len(batch))
-            batches += 1
-            if on_batch:
-                on_batch(batches)
+
+    def count() -> None:
+        nonlocal batches
+        batches += 1
+        if on_batch:
+            on_batch(batches)
+
+    for image_file, items in by_file.items():
+        data = images_by_uid({image_file: {uid for uid, _, _ in items}}, images_dir)  # one shard in memory at a time
+        cache.score(items, lambda batch, data=data: [decode_rgb(data[uid]) for uid, _, _ in batch], model, batch_size,
+                    bar, count)
     bar.close()
-    return {"images": total, "from_cache": cached, "scored": todo}
+    return {"images": len(requests), "from_cache": len(requests) - len(todo), "scored": len(todo)}
 
 
 def score_files(
@@ -112,13 +128,8 @@ def score_files(
     from PIL import Image
     from tqdm.auto import tqdm
 
-    done = cache.load()
-    keys = [(uid, caption_key(caption)) for uid, caption, _ in items]
-    todo = [i for i, key in enumerate(keys) if key not in done]
-    for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch", mininterval=2):
-        batch = [items[i] for i in todo[start : start + batch_size]]
-        images = [Image.open(path).convert("RGB") for _, _, path in batch]
-        scores = model.score(images, [caption for _, caption, _ in batch])
-        cache.append([uid for uid, _, _ in batch], [caption for _, caption, _ in batch], scores)
-        done.update({(uid, caption_key(caption)): float(v) for (uid, caption, _), v in zip(batch, scores, strict=True)})
-    return np.array([done[key] for key in keys], dtype=float), len(todo)
+    todo, done = cache.missing(items)
+    with tqdm(total=len(todo), desc=desc, unit="img", mininterval=2) as bar:
+        done |= cache.score(todo, lambda batch: [Image.open(path).convert("RGB") for _, _, path in batch], model,
+                            batch_size, bar)
+    return np.array([done[uid, caption_key(caption)] for uid, caption, _ in items], dtype=float), len(todo)
