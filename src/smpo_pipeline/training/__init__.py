@@ -1,1 +1,3 @@
-"""Preference training: one step of Diffusion-DPO / SmPO on a batch of pairs (``step``). No Kedro."""
+"""Every training loop of the project and what it reads: the preference loop (``trainer``) with its
+engine, policy, batch losses and checkpoints, the training cache, the multi-process launch, and the
+bootstrap's pretraining of the tiny base model. Core: no Kedro."""
