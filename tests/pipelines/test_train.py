@@ -129,3 +129,6 @@ def test_a_new_tau_retrains_smpo_while_an_unchanged_rerun_reuses_its_run(trained
     assert new["reuse"] == "new" and new["steps_run_now"] == 3 and new["run_id"] != same["run_id"]
     # The run says why it is new: of everything it depends on, only the pairs' smoothed p changed.
     assert new["changed_since_last_run"] == ["pairs.p"]
+    runs = json.loads((project / "reports/training.json").read_text())["runs"]
+    assert runs["smpo"]["0"] == {"run_id": new["run_id"], "reuse": "new", "changed_since_last_run": ["pairs.p"],
+                                 "steps_run_now": 3}

@@ -199,8 +199,11 @@ def plot_learning_curves(dpo_training_summary: dict, smpo_training_summary: dict
 
 
 def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, prompts_validation: list[str],
-                                  train: TrainParams, world: WorldParams) -> dict:
-    """Mean shapes-oracle reward of every model on the validation prompts, the same seeds for all."""
+                                  train: TrainParams, world: WorldParams, dpo_training_summary: dict,
+                                  smpo_training_summary: dict, dro_training_summary: dict) -> dict:
+    """Mean shapes-oracle reward of every model on the validation prompts, the same seeds for all,
+    and what each run reused: per objective and seed its run id, whether it was new, resumed or
+    finished, what changed since the objective's last run, and the steps trained now."""
     from smpo_pipeline.models.sampling import SamplingProtocol
 
     e = train.evaluation
@@ -214,6 +217,11 @@ def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, 
         rewards = oracle_rewards(model, prompts, seeds, protocol, e.batch_size, desc=f"validating {name}")
         report["models"][name] = {"mean_oracle_reward": round(float(rewards.mean()), 4),
                                   "standard_error": round(float(rewards.std(ddof=1) / np.sqrt(len(rewards))), 4)}
+    report["runs"] = {summary["objective"]: {seed: {k: run.get(k) for k in ("run_id", "reuse", "changed_since_last_run",
+                                                                          "steps_run_now")}
+                                             for seed, run in summary.get("per_seed", {}).items()}
+                      for summary in (dpo_training_summary, smpo_training_summary, dro_training_summary)
+                      if summary.get("trained")}
     base = report["models"]["base"]["mean_oracle_reward"]
     for name, r in report["models"].items():
         r["vs_base"] = round(r["mean_oracle_reward"] - base, 4)

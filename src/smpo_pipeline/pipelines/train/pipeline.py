@@ -24,7 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                                         "params:train"], "learning_curves_plot", name="plot_learning_curves"),
             Node(compare_on_validation_prompts,
                  ["base_model", "dpo_model", "smpo_model", "dro_model", "prompts_validation", "params:train",
-                  "params:world"],
+                  "params:world", "dpo_training_summary", "smpo_training_summary", "dro_training_summary"],
                  "training_report", name="compare_on_validation_prompts"),
         ],
         tags="train",
