@@ -114,3 +114,10 @@ def test_a_prompt_file_is_read_a_prompt_a_line_and_an_empty_one_is_refused_by_na
         PromptListDataset(str(tmp_path / "empty.txt")).load()
     with pytest.raises(DatasetError, match=r"missing\.txt does not exist"):
         PromptListDataset(str(tmp_path / "missing.txt")).load()
+
+
+def test_the_prompt_seed_grid_gives_each_image_its_own_seed_or_every_prompt_the_same_seeds():
+    from smpo_pipeline.evaluation import prompt_seed_grid
+
+    assert prompt_seed_grid(["a", "b"], 2) == (["a", "a", "b", "b"], [0, 1, 2, 3])
+    assert prompt_seed_grid(["a", "b"], 2, 5, same_seeds_for_every_prompt=True) == (["a", "a", "b", "b"], [5, 6, 5, 6])

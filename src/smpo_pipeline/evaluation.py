@@ -16,6 +16,19 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 
+def prompt_seed_grid(prompts: list[str], per_prompt: int, first_seed: int = 0,
+                     same_seeds_for_every_prompt: bool = False) -> tuple[list[str], list[int]]:
+    """Every prompt repeated ``per_prompt`` times, with the seed of each image: by default a seed
+    of its own (``first_seed`` + its position in the grid: the bootstrap's and the validation
+    measurements' rule); with ``same_seeds_for_every_prompt``, ``first_seed`` + k for the k-th image of
+    every prompt (the evaluation's rule). Every model is sampled on the same grid, so two models
+    are compared on paired draws."""
+    grid = [p for p in prompts for _ in range(per_prompt)]
+    if same_seeds_for_every_prompt:
+        return grid, [first_seed + k for _ in prompts for k in range(per_prompt)]
+    return grid, [first_seed + i for i in range(len(grid))]
+
+
 def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_size: int, **generate_args):
     """The shapes-oracle reward of ``model``'s image for every (prompt, seed)."""
     from smpo_pipeline.models.sampling import generate

@@ -122,12 +122,13 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
 
 def _accuracy_of(pipe, prompts: list[str], world: WorldParams, base_model: BaseModelParams) -> dict:
     """``attribute_accuracy`` of ``pipe``'s images of ``prompts`` (seeds 0, 1, … per image)."""
+    from smpo_pipeline.evaluation import prompt_seed_grid
     from smpo_pipeline.models.sampling import SamplingProtocol, generate
 
     e = base_model.evaluation
-    prompts = [p for p in prompts for _ in range(base_model.evaluation_seeds_per_prompt)]
+    prompts, seeds = prompt_seed_grid(prompts, base_model.evaluation_seeds_per_prompt)
     protocol = SamplingProtocol(e.steps, e.guidance_scale, world.resolution)
-    images = generate(pipe, prompts, list(range(len(prompts))), protocol, e.batch_size, progress=False)
+    images = generate(pipe, prompts, seeds, protocol, e.batch_size, progress=False)
     return attribute_accuracy(images, prompts)
 
 
@@ -152,13 +153,13 @@ def attribute_accuracy(images, prompts: list[str]) -> dict[str, Any]:
 def measure_base_model(base_model_pipeline, prompts_test: list[str], world: WorldParams, base_model: BaseModelParams) -> dict:
     """Attribute accuracy of the base model on the test prompts (20 steps), beside the ideal renders'
     and theirs after the VAE's round trip (the ceiling of what the model can draw through its VAE)."""
+    from smpo_pipeline.evaluation import prompt_seed_grid
     from smpo_pipeline.models.sampling import SamplingProtocol, generate, vae_round_trip
     from smpo_pipeline.world.render import render
 
     w, b = world, base_model
     e = b.evaluation
-    prompts = [p for p in prompts_test for _ in range(b.evaluation_seeds_per_prompt)]
-    seeds = list(range(len(prompts)))
+    prompts, seeds = prompt_seed_grid(prompts_test, b.evaluation_seeds_per_prompt)
     protocol = SamplingProtocol(e.steps, e.guidance_scale, w.resolution)
     images = generate(base_model_pipeline, prompts, seeds, protocol, e.batch_size, desc="base model on test prompts")
     rng = np.random.default_rng(w.seed)

@@ -16,10 +16,12 @@ INDEX_COLUMNS = ["model", "replica", "model_fingerprint", "prompt_index", "promp
 
 
 def _prompts_and_seeds(prompts: list[str], evaluation: EvaluationParams) -> tuple[list[int], list[str], list[int]]:
+    from smpo_pipeline.evaluation import prompt_seed_grid
+
     prompts = prompts[: evaluation.max_prompts] if evaluation.max_prompts else prompts
     n = evaluation.seeds_per_prompt
-    return ([i for i in range(len(prompts)) for _ in range(n)], [p for p in prompts for _ in range(n)],
-            [evaluation.seed + k for _ in prompts for k in range(n)])
+    grid, seeds = prompt_seed_grid(prompts, n, evaluation.seed, same_seeds_for_every_prompt=True)
+    return [i for i in range(len(prompts)) for _ in range(n)], grid, seeds
 
 
 def _protocol(pipe, evaluation: EvaluationParams):

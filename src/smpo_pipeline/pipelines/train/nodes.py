@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smpo_pipeline.evaluation import oracle_rewards
+from smpo_pipeline.evaluation import oracle_rewards, prompt_seed_grid
 from smpo_pipeline.params import CacheParams, TrainParams, WorldParams
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _validation_curve(base_model, prompts_validation: list[str], train: TrainPar
 
     def evaluate(unet) -> dict:
         pipe = type(base_model)(**{**base_model.components, "unet": unet})
-        rewards = oracle_rewards(pipe, prompts, list(range(len(prompts))), protocol, e.batch_size, progress=False)
+        rewards = oracle_rewards(pipe, *prompt_seed_grid(prompts, 1), protocol, e.batch_size, progress=False)
         return {"validation_reward": float(rewards.mean())}
 
     return evaluate
@@ -208,8 +208,7 @@ def compare_on_validation_prompts(base_model, dpo_model, smpo_model, dro_model, 
 
     e = train.evaluation
     prompts_validation = prompts_validation[: e.max_prompts] if e.max_prompts else prompts_validation
-    prompts = [p for p in prompts_validation for _ in range(e.seeds_per_prompt)]
-    seeds = list(range(len(prompts)))
+    prompts, seeds = prompt_seed_grid(prompts_validation, e.seeds_per_prompt)
     protocol = SamplingProtocol(e.steps, e.guidance_scale, world.resolution)
     report = {"protocol": protocol.__dict__ | {"prompt_set": "validation", "images_per_model": len(prompts)}, "models": {}}
     trained = {"dpo": dpo_model, "smpo": smpo_model, "dro": dro_model}

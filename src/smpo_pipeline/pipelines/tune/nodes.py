@@ -80,7 +80,7 @@ def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_v
     ``tune.report_every`` steps, reporting the validation reward after each so the pruner can stop it."""
     import optuna
 
-    from smpo_pipeline.evaluation import oracle_rewards
+    from smpo_pipeline.evaluation import oracle_rewards, prompt_seed_grid
     from smpo_pipeline.keys import run_description, run_key
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
@@ -91,7 +91,7 @@ def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_v
 
     run = run_inputs("smpo", preference_pairs, base_model, cache_report, train, cache)
     pairs, schedule = run["pairs"], noise_schedule(base_model)
-    prompts = [p for p in prompts_validation[: tune.validation_prompts] for _ in range(tune.seeds_per_prompt)]
+    prompts, seeds = prompt_seed_grid(prompts_validation[: tune.validation_prompts], tune.seeds_per_prompt)
     protocol = SamplingProtocol(train.evaluation.steps, train.evaluation.guidance_scale, world.resolution)
     # Trials train in plain PyTorch in this process; every other setting is train's.
     base_config = train_config("smpo", train.model_copy(update={"deepspeed_config": None}), run["noise"])
@@ -114,7 +114,7 @@ def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_v
             unet = train_preference(copy.deepcopy(base_model.unet), data, replace(config, steps=done), run["inversion"],
                                     schedule)
             model = type(base_model)(**{**base_model.components, "unet": unet})
-            reward = float(oracle_rewards(model, prompts, list(range(len(prompts))), protocol,
+            reward = float(oracle_rewards(model, prompts, seeds, protocol,
                                           train.evaluation.batch_size, progress=False).mean())
             trial.report(reward, done)
             log.info("trial %d: β=%.0f τ=%.3g γ=%.3g step %d validation reward %.4f", trial.number, beta, tau, gamma,
