@@ -279,6 +279,16 @@ class LoRAParams(_Section):
     alpha: PositiveFloat | None = None  # None: = rank
 
 
+def engine_problem(precision: str, deepspeed: bool, processes: int) -> str | None:
+    """Why a training engine cannot run with these settings, or None. Shared by the parameters'
+    validation and the trainer's own config (``training.config.TrainConfig``)."""
+    if precision == "fp16" and not deepspeed:
+        return "precision fp16 needs DeepSpeed's loss scaling: set deepspeed_config, or use bf16"
+    if processes > 1 and not deepspeed:
+        return "num_processes > 1 needs deepspeed_config (DeepSpeed averages the gradients)"
+    return None
+
+
 class TrainParams(_Section):
     """Preference training (``pipelines/train``): one model per objective."""
 
@@ -330,10 +340,8 @@ class TrainParams(_Section):
             raise ValueError(f"learning_rate has no value for {sorted(missing)}")
         if missing := {"dpo", "smpo"} & set(self.objectives) - set(self.beta):
             raise ValueError(f"beta has no value for {sorted(missing)}")
-        if self.precision == "fp16" and self.deepspeed_config is None:
-            raise ValueError("precision fp16 needs DeepSpeed's loss scaling: set deepspeed_config, or use bf16")
-        if self.num_processes > 1 and self.deepspeed_config is None:
-            raise ValueError("num_processes > 1 needs deepspeed_config (DeepSpeed averages the gradients)")
+        if problem := engine_problem(self.precision, self.deepspeed_config is not None, self.num_processes):
+            raise ValueError(problem)
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct (got {list(self.seeds)})")
         low, high = self.timestep_range

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler
 from smpo_pipeline.models.conditioning import drop_captions
 from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
+from smpo_pipeline.params import engine_problem
 from smpo_pipeline.runtime import rank_and_world
 from smpo_pipeline.training import checkpoints
 from smpo_pipeline.training.config import TrainConfig
@@ -121,12 +122,10 @@ class DROLoss:
 
 
 def _check(config: TrainConfig, world_size: int, experts) -> None:
-    if world_size > 1 and config.deepspeed is None:
-        raise ValueError("several processes need DeepSpeed (it averages the gradients): set a deepspeed config")
+    if problem := engine_problem(config.precision, config.deepspeed is not None, world_size):
+        raise ValueError(problem)
     if config.objective == "dro" and experts is None:
         raise ValueError("DRO trains on expert images: pass experts=CachedExperts(...)")
-    if config.precision == "fp16" and config.deepspeed is None:
-        raise ValueError("fp16 needs loss scaling: use it under DeepSpeed (its fp16 section), or bf16")
 
 
 def _due(every: int, done: int, total: int) -> bool:
