@@ -76,6 +76,25 @@ def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> to
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
 
+def add_noise(x0, noise, timesteps, alphas_cumprod):
+    """The forward process q(x_t | x0) = √ᾱ_t x0 + √(1−ᾱ_t) ε (Ho et al. 2020, eq. 4)."""
+    a = alphas_cumprod.to(x0.device)[timesteps].view(-1, 1, 1, 1).to(x0.dtype)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def _policy_and_reference_mse(policy, reference, x_t, timesteps, target, cond, alphas_cumprod,
+                              min_snr_gamma: float | None):
+    """Per-sample (Min-SNR-weighted) MSE of the policy and, without gradients, of the reference,
+    each split into its two halves (winners | losers, or experts | policy states)."""
+    weight = timestep_weights(timesteps, alphas_cumprod, min_snr_gamma)
+    model = per_sample_mse(policy, x_t, timesteps, target, *cond)
+    with torch.no_grad():
+        ref = per_sample_mse(reference, x_t, timesteps, target, *cond)
+    if weight is not None:
+        model, ref = model * weight, ref * weight
+    return model.chunk(2), ref.chunk(2)
+
+
 def noisy_inputs(batch: PairBatch, timesteps, forward_noise: str, alphas_cumprod, generator=None,
                  inverse_scheduler=None, policy=None, inversion: InversionConfig | None = None):
     """(x_t, target) for the 2B images [winners; losers] at their pair's timestep."""
@@ -83,8 +102,7 @@ def noisy_inputs(batch: PairBatch, timesteps, forward_noise: str, alphas_cumprod
     t2 = timesteps.repeat(2)
     if forward_noise == "none":
         noise = torch.randn(batch.latents_w.shape, generator=generator, dtype=x0.dtype).to(x0.device).repeat(2, 1, 1, 1)
-        a = alphas_cumprod.to(x0.device)[t2].view(-1, 1, 1, 1).to(x0.dtype)
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise, noise
+        return add_noise(x0, noise, t2, alphas_cumprod), noise
     grid = inverse_scheduler.timesteps
     if forward_noise == "cached":
         trajectories = torch.cat([batch.trajectory_w, batch.trajectory_l])
@@ -107,14 +125,8 @@ def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: s
     without gradients."""
     x_t, target = noisy_inputs(batch, timesteps, forward_noise, alphas_cumprod, generator, inverse_scheduler, policy, inversion)
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
-    t2 = timesteps.repeat(2)
-    weight = timestep_weights(t2, alphas_cumprod, min_snr_gamma)
-    model = per_sample_mse(policy, x_t, t2, target, *cond)
-    with torch.no_grad():
-        ref = per_sample_mse(reference, x_t, t2, target, *cond)
-    if weight is not None:
-        model, ref = model * weight, ref * weight
-    (model_w, model_l), (ref_w, ref_l) = model.chunk(2), ref.chunk(2)
+    (model_w, model_l), (ref_w, ref_l) = _policy_and_reference_mse(policy, reference, x_t, timesteps.repeat(2), target,
+                                                                   cond, alphas_cumprod, min_snr_gamma)
     if objective == "dpo":
         return dpo_loss(model_w, model_l, ref_w, ref_l, beta)
     if objective == "sft":  # the sanity baseline: fit the preferred images alone (metrics as DPO's)
@@ -130,16 +142,9 @@ def dro_batch_loss(policy, reference, batch: DROBatch, margin: float, alphas_cum
     target ε̄; policy states x_t with the sampling network's own ε as target."""
     x0 = batch.expert_latents
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    a = alphas_cumprod.to(x0.device)[batch.timesteps].view(-1, 1, 1, 1).to(x0.dtype)
-    x_t = torch.cat([a.sqrt() * x0 + (1 - a).sqrt() * noise, batch.policy_x_t.to(x0)])
+    x_t = torch.cat([add_noise(x0, noise, batch.timesteps, alphas_cumprod), batch.policy_x_t.to(x0)])
     target = torch.cat([noise, batch.policy_targets.to(x0)])
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
-    t2 = batch.timesteps.repeat(2)
-    weight = timestep_weights(t2, alphas_cumprod, min_snr_gamma)
-    model = per_sample_mse(policy, x_t, t2, target, *cond)
-    with torch.no_grad():
-        ref = per_sample_mse(reference, x_t, t2, target, *cond)
-    if weight is not None:
-        model, ref = model * weight, ref * weight
-    (model_expert, model_policy), (ref_expert, ref_policy) = model.chunk(2), ref.chunk(2)
+    (model_expert, model_policy), (ref_expert, ref_policy) = _policy_and_reference_mse(
+        policy, reference, x_t, batch.timesteps.repeat(2), target, cond, alphas_cumprod, min_snr_gamma)
     return dro_loss(model_expert, model_policy, ref_expert, ref_policy, margin)
