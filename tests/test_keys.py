@@ -67,3 +67,29 @@ def test_weights_pairs_and_extras_are_part_of_the_run_key_and_named_when_they_ch
 def test_content_uid_follows_the_bytes_and_digest_is_order_free_for_mappings():
     assert content_uid(b"a") == content_uid(b"a") != content_uid(b"b")
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1}) != digest({"a": 2, "b": 1})
+
+
+def test_the_code_digest_follows_the_code_a_module_imports_but_not_its_comments(tmp_path, monkeypatch):
+    """A changed loss (objectives.py, imported by the trainer through training.step) is a new
+    training run; a comment or docstring is not; a module the trainer never imports is not."""
+    import shutil
+
+    from smpo_pipeline import keys
+
+    package = tmp_path / "smpo_pipeline"
+    shutil.copytree(keys.PACKAGE_ROOT, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(keys, "PACKAGE_ROOT", package)
+
+    def trainer_digest() -> str:
+        keys.code_digest.cache_clear()
+        return keys.code_digest("smpo_pipeline.training.trainer")
+
+    before = trainer_digest()
+    objectives = package / "objectives.py"
+    objectives.write_text(objectives.read_text().replace('"""', '"""A reworded docstring. ', 1) + "\n# a comment\n")
+    assert trainer_digest() == before
+    (package / "world" / "render.py").write_text((package / "world" / "render.py").read_text() + "\nX = 1\n")
+    assert trainer_digest() == before  # the trainer does not import the renderer
+    objectives.write_text(objectives.read_text() + "\nBETA_SCALE = 2.0\n")
+    assert trainer_digest() != before
+    keys.code_digest.cache_clear()

@@ -8,6 +8,8 @@ of names beside the code that reads them.
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import json
 import uuid
@@ -54,6 +56,15 @@ def frame_digest(frame, columns) -> str:
     return hashlib.sha256(values.tobytes()).hexdigest()
 
 
+def tensors_digest(*tensors, length: int = 64) -> str:
+    """sha256 over the bytes (and shapes and dtypes) of tensors: what a run preprocessed from its data."""
+    h = hashlib.sha256()
+    for tensor in tensors:
+        h.update(f"{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(-1).numpy().tobytes())
+    return h.hexdigest()[:length]
+
+
 def module_fingerprint(module) -> str:
     """sha256 over a module's parameters and buffers (names, dtypes, shapes and bytes)."""
     import torch
@@ -69,12 +80,14 @@ def run_description(config, prints, pairs, columns, **more) -> dict:
     """Everything a training run depends on, by name: every setting of ``config`` (a dataclass),
     the weights it starts from and reads through the cache (``prints``: UNet, VAE, text encoders),
     a digest of each column it reads from ``pairs`` (a new τ changes ``p``, a new order or reward
-    model the winners), and ``more`` (e.g. the inversion settings of cached trajectories). Its
+    model the winners), the code of the training loop and all it imports (``code_digest``), and
+    ``more`` (e.g. the inversion settings of cached trajectories). Its
     digest is the run's key; kept beside the checkpoints, it says what a new run changed."""
     from dataclasses import asdict
 
     return {"settings": asdict(config), "weights": {"unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text},
-            "pairs": {column: frame_digest(pairs, [column]) for column in columns} | {"rows": len(pairs)}, **more}
+            "pairs": {column: frame_digest(pairs, [column]) for column in columns} | {"rows": len(pairs)},
+            "code": code_digest("smpo_pipeline.training.trainer"), **more}
 
 
 def run_key(description: dict) -> str:
@@ -92,3 +105,51 @@ def changed(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
             names.append(f"{prefix}{name}")
     return names
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def _module_source(name: str) -> Path | None:
+    """The source file of a project module, found without importing it (None: not a module)."""
+    base = PACKAGE_ROOT.joinpath(*name.split(".")[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _code_of(path: Path) -> tuple[str, set[str]]:
+    """A module's code without its comments and docstrings (``ast.dump``), and the project modules
+    it imports, at module level or inside functions."""
+    tree = ast.parse(path.read_text())
+    imports = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imports |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imports |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body[0] = ast.Pass()  # a docstring: its wording changes no result
+    return ast.dump(tree), {n for n in imports if n.startswith("smpo_pipeline")}
+
+
+@functools.cache
+def code_digest(module: str, length: int = 12) -> str:
+    """A digest of the code of ``module`` and of every project module it imports, transitively
+    (comments and docstrings left out). Part of the key of work that code computes, so a changed
+    loss, sampler or encoder never reuses what the old code made: the modules are found from the
+    imports, not listed by hand."""
+    seen, todo, parts = set(), [module], []
+    while todo:
+        name = todo.pop()
+        path = _module_source(name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        code, imports = _code_of(path)
+        parts.append((str(path.relative_to(PACKAGE_ROOT)), code))
+        todo += sorted(imports)
+    return digest(sorted(parts), length=length)

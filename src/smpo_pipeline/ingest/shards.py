@@ -37,12 +37,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smpo_pipeline.ingest.images import inspect_image
-from smpo_pipeline.keys import content_uid, file_sha256
+from smpo_pipeline.keys import code_digest, content_uid, digest, file_sha256
 from smpo_pipeline.pickapic import PICKAPIC_V2_SCHEMA
 
 log = logging.getLogger(__name__)
 
-INGEST_VERSION = 2  # 2: image uids derived from the bytes. Bump when the classification logic changes: every shard is re-validated
 OPTIONAL_COLUMNS = frozenset(
     {"image_0_url", "image_1_url", "model_0", "model_1", "ranking_id", "user_id",
      "num_example_per_prompt", "created_at", "__index_level_0__"}
@@ -101,9 +100,9 @@ class IngestSettings:
     suite: dict  # the parsed expectation-suite JSON
 
     def fingerprint(self) -> str:
-        payload = json.dumps([INGEST_VERSION, self.max_image_side, self.min_image_side, self.drop_ties,
-                              self.suite], sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        # The validation code is part of it (keys.code_digest): changed rules re-validate every shard.
+        return digest(code_digest("smpo_pipeline.ingest.shards"), self.max_image_side, self.min_image_side,
+                      self.drop_ties, self.suite)
 
 
 @dataclass
@@ -232,9 +231,8 @@ def run_expectations(frame, settings: IngestSettings) -> tuple[list[dict], list[
 
 
 def shard_fingerprint(path: Path, settings: IngestSettings, previous: str) -> str:
-    stat = path.stat()
-    payload = json.dumps([path.name, stat.st_size, stat.st_mtime_ns, settings.fingerprint(), previous])
-    return hashlib.sha256(payload.encode()).hexdigest()
+    stat = path.stat()  # the file by name, size and modification time (hashing every raw byte each run would cost minutes)
+    return digest(path.name, stat.st_size, stat.st_mtime_ns, settings.fingerprint(), previous)
 
 
 def _classify(per_row, drop_ties: bool) -> list[tuple[str, str | None]]:

@@ -125,13 +125,15 @@ def generate_cached(pipe, fingerprint: str, prompts: Sequence[str], seeds: Seque
     class), so a changed model or protocol never reuses an image."""
     import os
 
-    from smpo_pipeline.keys import digest
+    from smpo_pipeline.keys import code_digest, digest
 
     scheduler = use_scheduler(pipe, protocol.scheduler)
     folder = Path(root) / fingerprint
     folder.mkdir(parents=True, exist_ok=True)
     spec = protocol.__dict__ | {"scheduler": scheduler}
-    paths = [folder / (digest(fingerprint, p, int(s), spec, length=24) + ".png") for p, s in zip(prompts, seeds, strict=True)]
+    code = code_digest("smpo_pipeline.models.sampling")  # the sampling code itself
+    paths = [folder / (digest(fingerprint, p, int(s), spec, code, length=24) + ".png")
+             for p, s in zip(prompts, seeds, strict=True)]
     todo = [i for i, path in enumerate(paths) if not (path.is_file() and _readable(path))]
     bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", mininterval=2)
     for start in range(0, len(todo), batch_size):

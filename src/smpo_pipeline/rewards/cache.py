@@ -7,7 +7,6 @@ missing. A part that cannot be read is set aside and its images are scored again
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,12 +17,19 @@ log = logging.getLogger(__name__)
 
 
 def caption_key(caption: str) -> str:
-    return hashlib.sha1(caption.encode("utf-8")).hexdigest()[:16]
+    from smpo_pipeline.keys import digest
+
+    return digest(caption, length=16)
 
 
 class ScoreCache:
+    """Scores of one reward model (``model_id``: its weights) computed by the scoring code as it is
+    now (``keys.code_digest`` of ``rewards.models``): new weights or new code, a new directory."""
+
     def __init__(self, directory: Path, model_id: str) -> None:
-        self.directory = Path(directory) / model_id
+        from smpo_pipeline.keys import code_digest
+
+        self.directory = Path(directory) / f"{model_id}-code-{code_digest('smpo_pipeline.rewards.models', 8)}"
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def _parts(self) -> list[Path]:

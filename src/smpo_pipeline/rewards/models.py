@@ -3,8 +3,6 @@ so cached scores are keyed by it."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,10 +24,10 @@ class ShapesOracleReward(RewardModel):
     name = "shapes-oracle"
 
     def __init__(self) -> None:
-        from smpo_pipeline.world import oracle
+        from smpo_pipeline.keys import code_digest
 
-        source = Path(oracle.__file__).read_bytes()  # the reward is its code: key the cache by it
-        self.model_id = "shapes-oracle-" + hashlib.sha256(source).hexdigest()[:12]
+        # The reward is its code (the oracle and the world it reads): key the cache by it.
+        self.model_id = "shapes-oracle-" + code_digest("smpo_pipeline.world.oracle")
 
     def score(self, images, prompts):
         from smpo_pipeline.world.oracle import oracle_reward
@@ -40,13 +38,13 @@ class ShapesOracleReward(RewardModel):
 def _directory_fingerprint(path: str) -> str:
     """Hash of a local checkpoint's files (names and bytes): a retrained model of the same shape
     has other scores, so its cached scores must not be reused; a hub id is its own fingerprint."""
-    from smpo_pipeline.keys import file_sha256
+    from smpo_pipeline.keys import digest, file_sha256
 
     p = Path(path)
     if not p.exists():
         return path
-    payload = [(str(f.relative_to(p)), file_sha256(f)) for f in sorted(f for f in p.rglob("*") if f.is_file())]
-    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:12]
+    return digest([(str(f.relative_to(p)), file_sha256(f)) for f in sorted(f for f in p.rglob("*") if f.is_file())],
+                  length=12)
 
 
 class ClipReward(RewardModel):
@@ -123,8 +121,9 @@ class AestheticReward(RewardModel):
         state = {k.removeprefix("layers."): v for k, v in state.items()}
         self.mlp.load_state_dict(state)
         self.mlp.to(device).eval()
-        digest = hashlib.sha256(Path(mlp_path).read_bytes()).hexdigest()[:12]
-        self.model_id = f"aesthetic-{_directory_fingerprint(clip_path)}-{digest}"
+        from smpo_pipeline.keys import file_sha256
+
+        self.model_id = f"aesthetic-{_directory_fingerprint(clip_path)}-{file_sha256(Path(mlp_path))[:12]}"
         self._torch = torch
 
     def score(self, images, prompts):

@@ -14,7 +14,8 @@ always consistent on disk. Entry keys hash everything their value depends on:
   K, R, guidance)>``                                          — ``trajectory`` [K + 1, C, H, W]
 
 so changing the UNet invalidates exactly the trajectories, changing the inversion settings exactly
-the trajectories, and so on. Work is split by rank: image items ``i % world_size == rank`` and
+the trajectories, and so on. Every key also holds ``Fingerprints.code``, the digest of this module's
+code and all it imports (``keys.code_digest``), and image uids are content uids. Work is split by rank: image items ``i % world_size == rank`` and
 distinct captions the same way, so ``torchrun --nproc_per_node=N`` fills the cache N times faster
 with no entry written twice. A shard whose checksum does not match (truncated, corrupted) is
 dropped from its manifest when the cache is opened and its entries are rebuilt on the next build.
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 from smpo_pipeline.inversion import InversionConfig
-from smpo_pipeline.keys import file_sha256, key, module_fingerprint
+from smpo_pipeline.keys import code_digest, file_sha256, key, module_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +47,29 @@ class Fingerprints:
     unet: str
     resolution: int
     inversion: InversionConfig
+    code: str  # the cache's code and all it imports (keys.code_digest): the encoders' and the inversion's
 
     @classmethod
     def of(cls, pipe, inversion: InversionConfig) -> Fingerprints:
-        """The fingerprints of a pipeline's VAE, text encoders and UNet (the reference)."""
+        """The fingerprints of a pipeline's VAE, text encoders and UNet (the reference), and of the code."""
         return cls(
             vae=module_fingerprint(pipe.vae),
             text=module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
             unet=module_fingerprint(pipe.unet),
             resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
             inversion=inversion,
+            code=code_digest("smpo_pipeline.training.cache"),
         )
 
     def latent_key(self, image_uid: str) -> str:
-        return key("latent", image_uid, self.vae, self.resolution, LATENT_FORMAT)
+        return key("latent", image_uid, self.vae, self.resolution, LATENT_FORMAT, self.code)
 
     def text_key(self, caption: str) -> str:
-        return key("text", caption, self.text, self.resolution)
+        return key("text", caption, self.text, self.resolution, self.code)
 
     def trajectory_key(self, image_uid: str, caption: str) -> str:
-        return key("traj", image_uid, caption, self.unet, self.vae, self.text, self.resolution, asdict(self.inversion))
+        return key("traj", image_uid, caption, self.unet, self.vae, self.text, self.resolution, asdict(self.inversion),
+                   self.code)
 
 
 class ShardedCache:
@@ -243,7 +247,7 @@ def build_cache(
     from tqdm.auto import tqdm
 
     prints = Fingerprints.of(pipe, inversion)
-    built_with = {"vae": prints.vae, "text_encoders": prints.text, "reference_unet": prints.unet,
+    built_with = {"vae": prints.vae, "text_encoders": prints.text, "reference_unet": prints.unet, "code": prints.code,
                   "resolution": prints.resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype),
                   "trajectories": trajectories}
     cache = ShardedCache(root, rank)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from smpo_pipeline.training.engine import warmup_then_cosine
 from smpo_pipeline.world.render import render
 
 
@@ -99,18 +100,6 @@ class PretrainConfig:
     min_snr_gamma: float | None = None
     cosine_decay: bool = False  # anneal the LR to 0 after warm-up: fine-tuning starts from a converged model
     checkpoint_every: int = 0  # call on_checkpoint(step, EMA) every N steps (0: never)
-
-
-def warmup_then_cosine(warmup_steps: int, steps: int, cosine: bool) -> Callable[[int], float]:
-    """The LR factor: linear warm-up, then constant or a cosine decay to 0 at ``steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if not cosine:
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))))
-
-    return factor
 
 
 def _encoded_renders(vae, rendered: np.ndarray, resolution: int, rng: np.random.Generator):

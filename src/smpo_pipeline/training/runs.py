@@ -12,15 +12,15 @@ from smpo_pipeline.params import CacheParams, TrainParams
 
 
 def check_cache(cache_report: dict, prints, inversion, trajectories: bool = True) -> None:
-    """The cache must have been built from this base model, and, where the run reads cached
-    trajectories, with them and these inversion settings."""
-    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text}
+    """The cache must have been built from this base model by this code, and, where the run reads
+    cached trajectories, with them and these inversion settings."""
+    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text, "code": prints.code}
     if trajectories:
         wanted |= {"inversion": asdict(inversion), "trajectories": True}
     if not any(all(b.get(k, True if k == "trajectories" else None) == v for k, v in wanted.items())
                for b in cache_report.get("built_with", [])):
         raise ValueError(f"the training cache was built with {cache_report.get('built_with')}, not with the current "
-                         f"base model{' and cache.inversion' if trajectories else ''} {wanted}: rebuild it with "
+                         f"base model and code{' and cache.inversion' if trajectories else ''} {wanted}: rebuild it with "
                          "`kedro run --pipeline cache`" + (" (cache.trajectories: true)" if trajectories else ""))
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -37,16 +35,13 @@ def _initial_scorer(reward_model: RewardModelParams):
 
 
 def _run_id(tensors, model, reward_model: RewardModelParams) -> str:
-    """A hash of everything the run reads: the preprocessed pairs (pixels, tokens, labels), the
-    initial weights and every training setting."""
-    from smpo_pipeline.keys import module_fingerprint
+    """A digest of everything the run reads: the preprocessed pairs (pixels, tokens, labels), the
+    initial weights, every training setting and the training code."""
+    from smpo_pipeline.keys import code_digest, digest, module_fingerprint, tensors_digest
 
-    h = hashlib.sha256()
-    for t in (tensors.pixels_0, tensors.pixels_1, tensors.input_ids, tensors.attention_mask, tensors.label_0):
-        h.update(t.contiguous().numpy().tobytes())
-    h.update(module_fingerprint(model).encode())
-    h.update(json.dumps(reward_model.training.model_dump(), sort_keys=True).encode())
-    return h.hexdigest()[:12]
+    data = tensors_digest(tensors.pixels_0, tensors.pixels_1, tensors.input_ids, tensors.attention_mask, tensors.label_0)
+    return digest(data, module_fingerprint(model), reward_model.training.model_dump(),
+                  code_digest("smpo_pipeline.rewards.pickscore_training"), length=12)
 
 
 def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataParams):
