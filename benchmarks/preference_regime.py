@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import time
 from dataclasses import replace
@@ -50,17 +49,16 @@ def merged_train(params: dict, config: dict):
 
 def run_context(chain: dict, params: dict, sweep: dict) -> str:
     """What a sweep's runs depend on besides their configuration: the base model's weights, every
-    value of the pairs, the prompts and the evaluation schedule. Earlier runs are reused only under
-    the same context."""
-    from smpo_pipeline.keys import frame_digest
+    value of the pairs, the prompts, the evaluation schedule and the training code. Earlier runs are
+    reused only under the same context."""
+    from smpo_pipeline.keys import code_digest, digest, frame_digest
     from smpo_pipeline.models.sampling import model_fingerprint
 
     pairs = chain["preference_pairs"]
-    return hashlib.sha256(json.dumps([
-        model_fingerprint(chain["base_model"]), frame_digest(pairs, list(pairs.columns)),
-        sweep.get("prompts", 96), sweep.get("every", 50),
-        {k: params["train"]["evaluation"][k] for k in ("steps", "guidance_scale")},  # the sampling protocol
-    ], default=str).encode()).hexdigest()[:16]
+    return digest(model_fingerprint(chain["base_model"]), frame_digest(pairs, list(pairs.columns)),
+                  sweep.get("prompts", 96), sweep.get("every", 50),
+                  {k: params["train"]["evaluation"][k] for k in ("steps", "guidance_scale")},  # the sampling protocol
+                  code_digest("smpo_pipeline.training.trainer"), length=16)
 
 
 def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None, every: int = 0):
