@@ -81,7 +81,7 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     base = chain["base_model"]
     inversion = InversionConfig.of(cache.inversion)
     noise = train.forward_noise if objective == "smpo" else "none"
-    prints = Fingerprints.of(base, inversion)
+    prints = Fingerprints.of(base, inversion, cache.storage_dtype)
     check_cache(chain["cache_report"], prints, inversion, trajectories=noise == "cached")
     # Each objective learns its own winner (train.pair_order); SFT the reward's unless `order` says otherwise.
     order = config.get("order", "reward") if objective == "sft" else train.order_for(objective)

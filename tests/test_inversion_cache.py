@@ -207,6 +207,25 @@ def test_changing_the_inversion_invalidates_exactly_the_trajectories(pipe, tmp_p
     assert len([e for e in _entries(tmp_path) if e.startswith("traj/")]) == 8
 
 
+def test_another_storage_dtype_rebuilds_every_entry_and_a_run_refuses_the_old_cache(pipe, tmp_path):
+    """cache.storage_dtype changes every value the cache holds: no entry stored in float32 is read as
+    a bfloat16 one, and a run asking for bfloat16 refuses a cache that has only float32 entries."""
+    import torch
+
+    from smpo_pipeline.training.runs import check_cache
+
+    items, config = _items(3), InversionConfig(num_steps=10, renoise_iterations=1)
+    build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False, trajectories=False)
+    with pytest.raises(ValueError, match="rebuild it"):
+        check_cache(CacheReader(tmp_path).summary(), Fingerprints.of(pipe, config, "bfloat16"), config, trajectories=False)
+    counts = build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False, trajectories=False,
+                         storage_dtype=torch.bfloat16)
+    assert counts["latents"] == 3 and counts["texts"] == 3
+    prints = Fingerprints.of(pipe, config, "bfloat16")
+    assert CacheReader(tmp_path).get(prints.latent_key(items[0][0]), "latent").dtype == torch.bfloat16
+    check_cache(CacheReader(tmp_path).summary(), prints, config, trajectories=False)
+
+
 def test_a_corrupted_shard_is_detected_and_only_its_entries_are_rebuilt(pipe, tmp_path):
     items = _items(6)
     build_cache(pipe, items, tmp_path, InversionConfig(), batch_size=2, progress=False)

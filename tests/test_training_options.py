@@ -203,5 +203,5 @@ def test_fp16_without_deepspeed_is_refused(unet_and_cond):
     from smpo_pipeline.training.trainer import train_preference
 
     config = TrainConfig(objective="dpo", beta=5000.0, gamma=10.0, forward_noise="none", steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, precision="fp16")
-    with pytest.raises(ValueError, match="fp16 needs DeepSpeed.s loss scaling"):
+    with pytest.raises(ValueError, match=r"fp16 needs DeepSpeed.s loss scaling"):
         train_preference(unet_and_cond[0], None, config, InversionConfig(num_steps=5, renoise_iterations=1), NOISE_SCHEDULE)

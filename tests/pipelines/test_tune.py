@@ -53,13 +53,23 @@ def test_a_study_killed_after_two_trials_continues_to_the_configured_count(train
     again = _tune(trained_project)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out[-3000:]
-    study = optuna.load_study(study_name="smpo", storage=f"sqlite:///{db}")
+    report = json.loads((trained_project / "reports/tuning/study.json").read_text())
+    assert report["study"].startswith("smpo-")  # the study's name carries the key of its settings
+    study = optuna.load_study(study_name=report["study"], storage=f"sqlite:///{db}")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 4 and all({"beta", "tau"} == set(t.params) for t in finished)
-    report = json.loads((trained_project / "reports/tuning/study.json").read_text())
     assert report["finished_trials"] == 4 and report["best"]["value"] == study.best_value
     best = yaml.safe_load((trained_project / "reports/tuning/best_params.yml").read_text())
     assert best["train"]["beta"]["smpo"] == pytest.approx(study.best_params["beta"], rel=1e-3)
     assert best["rewards"]["tau"] == pytest.approx(study.best_params["tau"], rel=1e-3)
     for plot in ("tuning_history.png", "tuning_importances.png"):
         assert (trained_project / "reports/figures" / plot).stat().st_size > 5_000
+    # Trials scored on other prompts are a new study, not four old values to rank new trials against.
+    other = subprocess.run([sys.executable, "-m", "kedro", "run", "--pipelines", "tune", "--params",
+                            TUNE.replace("tune.n_trials=4", "tune.n_trials=1").replace("validation_prompts=2",
+                                                                                         "validation_prompts=3")],
+                           cwd=trained_project, env=environment_without_process_group(), capture_output=True, text=True)
+    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
+    changed = json.loads((trained_project / "reports/tuning/study.json").read_text())
+    assert changed["study"] != report["study"] and changed["finished_trials"] == 1
+    assert len(optuna.load_study(study_name=report["study"], storage=f"sqlite:///{db}").trials) == len(study.trials)

@@ -48,10 +48,12 @@ class Fingerprints:
     resolution: int
     inversion: InversionConfig
     code: str  # the cache's code and all it imports (keys.code_digest): the encoders' and the inversion's
+    storage_dtype: str = "float32"  # what the entries are stored as (cache.storage_dtype)
 
     @classmethod
-    def of(cls, pipe, inversion: InversionConfig) -> Fingerprints:
-        """The fingerprints of a pipeline's VAE, text encoders and UNet (the reference), and of the code."""
+    def of(cls, pipe, inversion: InversionConfig, storage_dtype: str = "float32") -> Fingerprints:
+        """The fingerprints of a pipeline's VAE, text encoders and UNet (the reference), of the code,
+        and the storage dtype: every value an entry holds depends on them."""
         return cls(
             vae=module_fingerprint(pipe.vae),
             text=module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
@@ -59,17 +61,18 @@ class Fingerprints:
             resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
             inversion=inversion,
             code=code_digest("smpo_pipeline.training.cache"),
+            storage_dtype=str(storage_dtype).removeprefix("torch."),
         )
 
     def latent_key(self, image_uid: str) -> str:
-        return key("latent", image_uid, self.vae, self.resolution, LATENT_FORMAT, self.code)
+        return key("latent", image_uid, self.vae, self.resolution, LATENT_FORMAT, self.code, self.storage_dtype)
 
     def text_key(self, caption: str) -> str:
-        return key("text", caption, self.text, self.resolution, self.code)
+        return key("text", caption, self.text, self.resolution, self.code, self.storage_dtype)
 
     def trajectory_key(self, image_uid: str, caption: str) -> str:
         return key("traj", image_uid, caption, self.unet, self.vae, self.text, self.resolution, asdict(self.inversion),
-                   self.code)
+                   self.code, self.storage_dtype)
 
 
 class ShardedCache:
@@ -246,7 +249,7 @@ def build_cache(
     embeddings are all that DPO, DRO and SmPO with online or random forward noise read."""
     from tqdm.auto import tqdm
 
-    prints = Fingerprints.of(pipe, inversion)
+    prints = Fingerprints.of(pipe, inversion, storage_dtype)
     built_with = {"vae": prints.vae, "text_encoders": prints.text, "reference_unet": prints.unet, "code": prints.code,
                   "resolution": prints.resolution, "inversion": asdict(inversion), "dtype": str(storage_dtype),
                   "trajectories": trajectories}

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def train_in_processes(base_model, pairs, experts, config, inversion, *, num_processes: int, cache_root: str,
-                       launcher: str = "torchrun", hostfile: str | None = None, launch_dir: str | None = None):
+                       storage_dtype: str = "float32", launcher: str = "torchrun", hostfile: str | None = None,
+                       launch_dir: str | None = None):
     """Train under ``num_processes`` ranks of this module, under torchrun on this machine or under
     DeepSpeed's launcher (``hostfile``: several nodes, ``launch_dir`` on storage they share).
     Returns (per-step records of rank 0, the trained UNet)."""
@@ -40,7 +41,7 @@ def train_in_processes(base_model, pairs, experts, config, inversion, *, num_pro
         pairs.to_parquet(tmp / "pairs.parquet")
         spec = {"model": str(tmp / "model"), "cache": str(Path(cache_root).resolve()), "pairs": str(tmp / "pairs.parquet"),
                 "config": asdict(config), "inversion": asdict(inversion), "output": str(tmp / "out"),
-                "threads_per_rank": 1}
+                "threads_per_rank": 1, "storage_dtype": storage_dtype}
         if experts is not None:
             experts.pairs.to_parquet(tmp / "experts.parquet")
             spec["experts"] = str(tmp / "experts.parquet")
@@ -86,7 +87,7 @@ def main(spec_path: str) -> None:
     pipe = StableDiffusionXLPipeline.from_pretrained(spec["model"])
     inversion = InversionConfig(**spec["inversion"])
     config = TrainConfig(**spec["config"])
-    reader, prints = CacheReader(Path(spec["cache"])), Fingerprints.of(pipe, inversion)
+    reader, prints = CacheReader(Path(spec["cache"])), Fingerprints.of(pipe, inversion, spec.get("storage_dtype", "float32"))
     data = CachedPairs(pd.read_parquet(spec["pairs"]), reader, prints, config.forward_noise == "cached")
     experts = CachedExperts(pd.read_parquet(spec["experts"]), reader, prints) if spec.get("experts") else None
     out = Path(spec["output"])

@@ -14,7 +14,8 @@ from smpo_pipeline.params import CacheParams, TrainParams
 def check_cache(cache_report: dict, prints, inversion, trajectories: bool = True) -> None:
     """The cache must have been built from this base model by this code, and, where the run reads
     cached trajectories, with them and these inversion settings."""
-    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text, "code": prints.code}
+    wanted = {"reference_unet": prints.unet, "vae": prints.vae, "text_encoders": prints.text, "code": prints.code,
+              "dtype": f"torch.{prints.storage_dtype}"}
     if trajectories:
         wanted |= {"inversion": asdict(inversion), "trajectories": True}
     if not any(all(b.get(k, True if k == "trajectories" else None) == v for k, v in wanted.items())
@@ -60,7 +61,7 @@ def run_inputs(objective: str, preference_pairs, base_model, cache_report: dict,
     inversion = InversionConfig.of(cache.inversion)
     noise = train.forward_noise if objective == "smpo" else "none"
     pairs = training_pairs(preference_pairs, train.order_for(objective), train.smoothing_by, train.gamma)
-    prints = Fingerprints.of(base_model, inversion)
+    prints = Fingerprints.of(base_model, inversion, cache.storage_dtype)
     check_cache(cache_report, prints, inversion, trajectories=noise == "cached")
     reader = CacheReader(Path(cache.root))
     experts = None

@@ -123,7 +123,8 @@ def _run_logged(run: dict, config, base_model, prompts_validation: list[str], tr
         if train.num_processes > 1:
             ranks_records, policy = train_in_processes(
                 base_model, run["pairs"], run["experts"], config, run["inversion"], num_processes=train.num_processes,
-                cache_root=cache.root, launcher=train.launcher, hostfile=train.hostfile, launch_dir=train.launch_dir)
+                cache_root=cache.root, storage_dtype=cache.storage_dtype, launcher=train.launcher,
+                hostfile=train.hostfile, launch_dir=train.launch_dir)
             for step, record in enumerate(ranks_records):
                 collect(step, record)
         else:

@@ -46,20 +46,26 @@ def _finished(study) -> int:
 def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], tune: TuneParams,
                    train: TrainParams, cache: CacheParams, world: WorldParams) -> tuple[dict, dict]:
     """Run (or continue) the study to ``tune.n_trials`` finished trials; returns the best
-    parameters as a conf/ fragment and a report of every trial."""
+    parameters as a conf/ fragment and a report of every trial. The study is named
+    ``<tune.study_name>-<key>``, the key a digest of everything a trial's value depends on, so a
+    changed setting, pair, base model or code starts a new study instead of ranking new trials
+    against values measured under the old ones."""
     import optuna
 
+    from smpo_pipeline.training.runs import run_inputs
+
+    run = run_inputs("smpo", preference_pairs, base_model, cache_report, train, cache)
+    name = f"{tune.study_name}-{_study_key(run, tune, train, world)}"
     study = optuna.create_study(
-        study_name=tune.study_name, storage=_storage(tune), direction="maximize", load_if_exists=True,
+        study_name=name, storage=_storage(tune), direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=tune.seed, n_startup_trials=tune.startup_trials),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=tune.startup_trials, n_warmup_steps=tune.report_every),
     )
     remaining = tune.n_trials - _finished(study)
-    log.info("Study %r in %s: %d trials finished, %d to go", tune.study_name, tune.storage, _finished(study), max(0, remaining))
+    log.info("Study %r in %s: %d trials finished, %d to go", name, tune.storage, _finished(study), max(0, remaining))
     if remaining > 0:
-        objective = _trial_objective(preference_pairs, base_model, cache_report, prompts_validation, tune, train, cache,
-                                     world)
-        study.optimize(objective, n_trials=remaining, catch=())
+        study.optimize(_trial_objective(run, base_model, prompts_validation, tune, train, world, name), n_trials=remaining,
+                       catch=())
     trials = [{"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
                "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
               for t in study.get_trials(deepcopy=False)]
@@ -68,14 +74,33 @@ def run_smpo_study(preference_pairs, base_model, cache_report: dict, prompts_val
                 "rewards": {"tau": round(best.params["tau"], 4)}}
     if "gamma" in best.params:
         fragment["train"]["gamma"] = round(best.params["gamma"], 3)
-    report = {"study": tune.study_name, "storage": tune.storage, "finished_trials": _finished(study),
+    report = {"study": name, "storage": tune.storage, "finished_trials": _finished(study),
               "best": {"number": best.number, "value": best.value, "params": best.params}, "trials": trials}
     print(f"best trial {best.number}: validation reward {best.value:.4f} with {best.params}")  # noqa: T201
     return fragment, report
 
 
-def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_validation: list[str], tune: TuneParams,
-                     train: TrainParams, cache: CacheParams, world: WorldParams):
+def _base_config(run: dict, train: TrainParams):
+    """Trials train in plain PyTorch in this process; every other setting is train's."""
+    from smpo_pipeline.training.runs import train_config
+
+    return train_config("smpo", train.model_copy(update={"deepspeed_config": None}), run["noise"])
+
+
+def _study_key(run: dict, tune: TuneParams, train: TrainParams, world: WorldParams) -> str:
+    """Everything a trial's value depends on but its sampled β, τ, γ: the training settings, the
+    weights, the pairs (τ re-smooths their rewards), the code, and how trials are trained and scored."""
+    from smpo_pipeline.keys import digest, run_description
+
+    description = run_description(_base_config(run, train), run["prints"], run["pairs"],
+                                  ["image_w_uid", "image_l_uid", "caption", "r_w", "r_l"],
+                                  inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None)
+    scoring = tune.model_dump(exclude={"study_name", "storage", "trial_root", "n_trials", "heartbeat_seconds"})
+    return digest(description, scoring, train.evaluation.model_dump(), world.resolution, length=10)
+
+
+def _trial_objective(run: dict, base_model, prompts_validation: list[str], tune: TuneParams, train: TrainParams,
+                     world: WorldParams, study: str):
     """Optuna's objective: train SmPO with a trial's β, τ (and γ) in segments of
     ``tune.report_every`` steps, reporting the validation reward after each so the pruner can stop it."""
     import optuna
@@ -86,15 +111,12 @@ def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_v
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.smoothing import preference_probability
     from smpo_pipeline.training.data import CachedPairs
-    from smpo_pipeline.training.runs import run_inputs, train_config
     from smpo_pipeline.training.trainer import train_preference
 
-    run = run_inputs("smpo", preference_pairs, base_model, cache_report, train, cache)
     pairs, schedule = run["pairs"], noise_schedule(base_model)
     prompts, seeds = prompt_seed_grid(prompts_validation[: tune.validation_prompts], tune.seeds_per_prompt)
     protocol = SamplingProtocol(train.evaluation.steps, train.evaluation.guidance_scale, world.resolution)
-    # Trials train in plain PyTorch in this process; every other setting is train's.
-    base_config = train_config("smpo", train.model_copy(update={"deepspeed_config": None}), run["noise"])
+    base_config = _base_config(run, train)
 
     def objective(trial: optuna.Trial) -> float:
         beta = trial.suggest_float("beta", tune.beta.low, tune.beta.high, log=tune.beta.log)
@@ -107,7 +129,7 @@ def _trial_objective(preference_pairs, base_model, cache_report: dict, prompts_v
         config = replace(base_config, beta=beta, gamma=gamma)
         key = run_key(run_description(config, run["prints"], data.pairs, CachedPairs.COLUMNS, steps=tune.steps,
                                       inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None))
-        config = replace(config, checkpoint_dir=str(Path(tune.trial_root) / tune.study_name / key),
+        config = replace(config, checkpoint_dir=str(Path(tune.trial_root) / study / key),
                          checkpoint_every=tune.report_every, keep_last=1)
         reward = float("nan")
         for done in range(tune.report_every, tune.steps + 1, tune.report_every):
@@ -135,7 +157,7 @@ def plot_study(tuning_report: dict, tune: TuneParams):
     import optuna
     from optuna.visualization import matplotlib as oplt
 
-    study = optuna.load_study(study_name=tune.study_name, storage=_storage(tune))
+    study = optuna.load_study(study_name=tuning_report["study"], storage=_storage(tune))
     history = oplt.plot_optimization_history(study).figure
     history.set_size_inches(7, 4)
     history.tight_layout()
