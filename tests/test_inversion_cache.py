@@ -207,6 +207,22 @@ def test_changing_the_inversion_invalidates_exactly_the_trajectories(pipe, tmp_p
     assert len([e for e in _entries(tmp_path) if e.startswith("traj/")]) == 8
 
 
+def test_another_resolution_rebuilds_the_latents_and_trajectories(pipe, tmp_path):
+    """A model sampled at another resolution reads other latents: nothing cached at 32 px is reused."""
+    import copy
+
+    items, config = _items(2), InversionConfig(num_steps=10, renoise_iterations=1)
+    build_cache(pipe, items, tmp_path, config, batch_size=4, progress=False)
+    smaller = copy.copy(pipe)
+    smaller.unet = copy.deepcopy(pipe.unet)
+    smaller.unet.register_to_config(sample_size=pipe.unet.config.sample_size // 2)
+    counts = build_cache(smaller, items, tmp_path, config, batch_size=4, progress=False)
+    assert counts["latents"] == 2 and counts["trajectories"] == 2 and counts["texts"] == 2
+    prints = Fingerprints.of(smaller, config)
+    latent = CacheReader(tmp_path).get(prints.latent_key(items[0][0]), "latent")
+    assert latent.shape[-1] == pipe.unet.config.sample_size // 2
+
+
 def test_another_storage_dtype_rebuilds_every_entry_and_a_run_refuses_the_old_cache(pipe, tmp_path):
     """cache.storage_dtype changes every value the cache holds: no entry stored in float32 is read as
     a bfloat16 one, and a run asking for bfloat16 refuses a cache that has only float32 entries."""
