@@ -14,7 +14,6 @@ project's hooks and CLI, ``smpo_pipeline.runtime``). The frozen reference is nev
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import torch
 
 from smpo_pipeline.training import checkpoints
 from smpo_pipeline.training.config import TrainConfig
+from smpo_pipeline.training.schedules import warmup_then_cosine
 
 
 def _free_port() -> int:
@@ -45,18 +45,6 @@ def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}: adamw or adafactor")
-
-
-def warmup_then_cosine(warmup_steps: int, steps: int, cosine: bool) -> Callable[[int], float]:
-    """The LR factor: linear warm-up, then constant or a cosine decay to 0 at ``steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if not cosine:
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))))
-
-    return factor
 
 
 def lr_factor(config: TrainConfig) -> Callable[[int], float]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from smpo_pipeline.training.engine import warmup_then_cosine
+from smpo_pipeline.training.schedules import warmup_then_cosine
 from smpo_pipeline.world.render import render
 
 
