@@ -155,7 +155,7 @@ def test_lora_merge_reproduces_the_adapter_model(tiny_pipeline_dir):
 ])
 def test_optimizer_checkpointing_precision_and_accumulation_options_train(tiny_pipeline_dir, tmp_path, options, without):
     """Each option takes effect and changes only what it should: gradient checkpointing recomputes
-    activations and gives the same weights; bf16 autocast changes the losses, within bf16's error;
+    activations and gives the same weights; bf16 autocast changes the MSEs, within bf16's error;
     Adafactor steps differently from AdamW; the cosine schedule decays."""
     pipe, policy, records = _train(tiny_pipeline_dir, tmp_path / "with", **options)
     assert len(records) == 3 and all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in records)
@@ -164,15 +164,16 @@ def test_optimizer_checkpointing_precision_and_accumulation_options_train(tiny_p
     _, reference, reference_records = _train(tiny_pipeline_dir, tmp_path / "without",
                                              **{k: v for k, v in options.items() if k != without})
     pairs = list(zip(policy.state_dict().values(), reference.state_dict().values(), strict=True))
-    losses = np.array([r["loss"] for r in records]), np.array([r["loss"] for r in reference_records])
     if without == "gradient_checkpointing":
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in pairs)
         assert records[-1]["lr"] < records[0]["lr"]  # warmup 1 step, then the cosine decays
         _, adamw, _ = _train(tiny_pipeline_dir, tmp_path / "adamw", lr_schedule="cosine")
         assert any(not torch.allclose(a, b, atol=1e-6)
                    for a, b in zip(policy.state_dict().values(), adamw.state_dict().values(), strict=True))
-    else:
-        assert not np.array_equal(*losses) and np.allclose(*losses, rtol=0.05)
+    else:  # the first step runs on the same weights: bf16 changes its MSEs by bf16's rounding only
+        first = np.array([records[0]["model_mse"], records[0]["ref_mse"]])
+        first_fp32 = np.array([reference_records[0]["model_mse"], reference_records[0]["ref_mse"]])
+        assert not np.array_equal(first, first_fp32) and np.allclose(first, first_fp32, rtol=0.02)
 
 
 def test_an_accumulated_step_logs_the_mean_over_its_micro_batches(tiny_pipeline_dir, tmp_path):
