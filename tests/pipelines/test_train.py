@@ -80,6 +80,8 @@ def test_a_rerun_with_the_same_settings_resumes_from_the_finished_checkpoint(tra
     assert (trained_project / summary["checkpoints"] / "step-0000003" / "state.json").is_file()
     loss = trained_project / "reports/training/smpo/plots/metrics/loss.tsv"
     assert len(loss.read_text().splitlines()) == 4  # the finished run's curve is kept, not reset
+    # ... and so is its learning curve in the summary: the base point and the points along the run.
+    assert summary["curve"][0]["step"] == 0 and summary["curve"][-1]["step"] == 3
 
 
 @pytest.mark.slow

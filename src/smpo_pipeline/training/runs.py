@@ -92,3 +92,28 @@ def reuse(checkpoint_dir: str, steps: int, description: dict) -> tuple[int, str,
     here.mkdir(parents=True, exist_ok=True)
     (here / "run.json").write_text(json.dumps(description, indent=1, sort_keys=True, default=str))
     return 0, "new", differences
+
+
+class RunHistory:
+    """A run's per-step records and its base model's validation point, kept beside its checkpoints
+    (``records.jsonl``, ``start.json``), so a resumed or finished run reports its whole curve. The
+    records of steps after the latest checkpoint died with the process that ran them: they are
+    dropped, and the resumed run logs them again."""
+
+    def __init__(self, checkpoint_dir: str, done: int) -> None:
+        root = Path(checkpoint_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        self.path, self.start_path = root / "records.jsonl", root / "start.json"
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        self.earlier = [json.loads(line) for line in lines][:done]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.earlier))
+        self.start = json.loads(self.start_path.read_text()) if self.start_path.is_file() else None
+
+    def append(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def keep_start(self, start: dict | None) -> None:
+        if start is not None:
+            self.start = start
+            self.start_path.write_text(json.dumps(start))

@@ -65,13 +65,15 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     finished) and any change starts afresh."""
     from smpo_pipeline.keys import run_description, run_key
     from smpo_pipeline.training.data import CachedPairs
-    from smpo_pipeline.training.runs import reuse, run_inputs, train_config
+    from smpo_pipeline.training.runs import RunHistory, reuse, run_inputs, train_config
 
     run = run_inputs(objective, preference_pairs, base_model, cache_report, train, cache)
     config = train_config(objective, train, run["noise"], seed)
     read = [*CachedPairs.COLUMNS] + (["r_w", "r_l"] if objective == "dro" else [])
+    # The learning curve is part of the run's outputs: the settings that measure it are part of its key.
+    curve = train.evaluation.model_dump(include={"every", "curve_prompts", "steps", "guidance_scale"})
     description = run_description(config, run["prints"], run["pairs"], read, processes=train.num_processes,
-                                  inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None)
+                                  inversion=asdict(run["inversion"]) if run["noise"] == "cached" else None, curve=curve)
     run_id = run_key(description)
     config = replace(config, checkpoint_dir=str(Path(train.checkpoint_root) / objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=train.keep_last)
@@ -84,37 +86,40 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
         log.info("%s (seed %d): %s, starting run %s", objective, seed,
                  f"changed since the last run: {', '.join(changes)}" if changes else "no earlier run", run_id)
     live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"_seed-{seed}")
-    records, start, policy = _run_logged(run, config, base_model, prompts_validation, train, cache, live_dir,
-                                         resuming=done > 0)
+    history = RunHistory(config.checkpoint_dir, done)
+    new, policy = _run_logged(run, config, base_model, prompts_validation, train, cache, live_dir, history)
+    records = history.earlier + new
     tail = records[-min(20, len(records)):]
     summary = {"objective": objective, "trained": True, "seed": seed, "run_id": run_id, "reuse": reused,
                "changed_since_last_run": changes,
                "forward_noise": run["noise"], "pair_order": train.order_for(objective), "pairs": len(run["pairs"]),
-               "checkpoints": config.checkpoint_dir, "steps_run_now": len(records),
+               "checkpoints": config.checkpoint_dir, "steps_run_now": len(new),
                "steps": train.steps, "zero_stage": train.zero_stage if config.deepspeed else None,
                "processes": train.num_processes, "lora_rank": train.lora.rank, "precision": train.precision,
                "final_loss": round(float(np.mean([r["loss"] for r in tail])), 5) if tail else None,
                "final_implicit_accuracy": round(float(np.mean([r["implicit_accuracy"] for r in tail])), 4) if tail else None,
                "seconds_per_step": round(float(np.mean([r["step_time"] for r in records])), 4) if records else None,
-               "curve": _curve(records, start)}
+               "curve": _curve(records, history.start)}
     log.info("Trained %s (seed %d): %s", objective, seed, summary)
     return policy, summary
 
 
 def _run_logged(run: dict, config, base_model, prompts_validation: list[str], train: TrainParams, cache: CacheParams,
-                live_dir: str, resuming: bool):
+                live_dir: str, history):
     """Train (in this process, or in ``train.num_processes`` ranks) with every step's record sent
-    to dvclive; returns (records of this run, the base model's validation point, trained UNet)."""
+    to dvclive and kept in the run's ``history``; returns (the records of the steps run now, the
+    trained UNet)."""
     from dvclive import Live
 
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.training.launch import train_in_processes
     from smpo_pipeline.training.trainer import train_preference
 
-    records, start = [], None
-    with Live(dir=live_dir, resume=resuming, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+    records = []
+    with Live(dir=live_dir, resume=bool(history.earlier), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         def collect(step: int, record: dict) -> None:
             records.append(record)
+            history.append(record)
             for name, value in record.items():
                 if name != "step":
                     live.log_metric(name, value)
@@ -130,10 +135,11 @@ def _run_logged(run: dict, config, base_model, prompts_validation: list[str], tr
         else:
             resolution = base_model.unet.config.sample_size * base_model.vae_scale_factor
             hook = _validation_curve(base_model, prompts_validation, train, resolution)
-            start = hook(base_model.unet) if hook and not resuming else None
+            if hook and history.start is None:
+                history.keep_start(hook(base_model.unet))
             policy = train_preference(copy.deepcopy(base_model.unet), run["data"], config, run["inversion"],
                                       noise_schedule(base_model), collect, run["experts"], hook)
-    return records, start, policy
+    return records, policy
 
 
 def _curve(records: list[dict], start: dict | None = None) -> list[dict]:
