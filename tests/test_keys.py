@@ -93,3 +93,25 @@ def test_the_code_digest_follows_the_code_a_module_imports_but_not_its_comments(
     objectives.write_text(objectives.read_text() + "\nBETA_SCALE = 2.0\n")
     assert trainer_digest() != before
     keys.code_digest.cache_clear()
+
+
+def test_a_changed_tokenizer_or_scheduler_config_is_another_model(tiny_pipeline_dir):
+    """Same weights, other tokens or another noise schedule: other images, other text embeddings."""
+    import copy
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from smpo_pipeline.inversion import InversionConfig
+    from smpo_pipeline.models.sampling import model_fingerprint
+    from smpo_pipeline.training.cache import Fingerprints
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir)
+    before, text = model_fingerprint(pipe), Fingerprints.of(pipe, InversionConfig()).text
+    other = copy.copy(pipe)
+    other.tokenizer = copy.deepcopy(pipe.tokenizer)
+    other.tokenizer.add_tokens(["zzz-new-word"])
+    assert model_fingerprint(other) != before and Fingerprints.of(other, InversionConfig()).text != text
+    other = copy.copy(pipe)
+    other.scheduler = copy.deepcopy(pipe.scheduler)
+    other.scheduler.register_to_config(beta_end=0.02)
+    assert model_fingerprint(other) != before and model_fingerprint(pipe) == before

@@ -65,6 +65,14 @@ def tensors_digest(*tensors, length: int = 64) -> str:
     return h.hexdigest()[:length]
 
 
+def tokenizer_fingerprint(*tokenizers) -> str:
+    """What a tokenizer maps text to: its vocabulary, its merges (BPE) and its length and special
+    tokens. Two tokenizers with the same fingerprint turn every caption into the same ids."""
+    return digest([{"class": type(t).__name__, "vocab": sorted(t.get_vocab().items()),
+                    "merges": sorted(map(str, getattr(t, "bpe_ranks", {}).items())),
+                    "max_length": t.model_max_length, "special": t.special_tokens_map} for t in tokenizers], length=16)
+
+
 def module_fingerprint(module) -> str:
     """sha256 over a module's parameters and buffers (names, dtypes, shapes and bytes)."""
     import torch

@@ -99,12 +99,15 @@ def vae_round_trip(vae, images: Sequence, sample: bool = False) -> list:
 
 
 def model_fingerprint(pipe) -> str:
-    """sha256 over every weight of the pipeline's UNet, VAE and text encoders."""
+    """What a pipeline draws depends on: every weight of its UNet, VAE and text encoders, its
+    tokenizers and its scheduler's config (the noise schedule it samples with)."""
     import torch
 
-    from smpo_pipeline.keys import module_fingerprint
+    from smpo_pipeline.keys import digest, module_fingerprint, tokenizer_fingerprint
 
-    return module_fingerprint(torch.nn.ModuleList([pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2]))
+    weights = module_fingerprint(torch.nn.ModuleList([pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2]))
+    return digest(weights, tokenizer_fingerprint(pipe.tokenizer, pipe.tokenizer_2), dict(pipe.scheduler.config),
+                  length=16)
 
 
 def _readable(path: Path) -> bool:

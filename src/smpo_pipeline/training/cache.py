@@ -32,7 +32,14 @@ from pathlib import Path
 import torch
 
 from smpo_pipeline.inversion import InversionConfig
-from smpo_pipeline.keys import code_digest, file_sha256, key, module_fingerprint
+from smpo_pipeline.keys import (
+    code_digest,
+    digest,
+    file_sha256,
+    key,
+    module_fingerprint,
+    tokenizer_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +59,13 @@ class Fingerprints:
 
     @classmethod
     def of(cls, pipe, inversion: InversionConfig, storage_dtype: str = "float32") -> Fingerprints:
-        """The fingerprints of a pipeline's VAE, text encoders and UNet (the reference), of the code,
+        """The fingerprints of a pipeline's VAE, text encoders (with their tokenizers) and UNet (the
+        reference), of the code,
         and the storage dtype: every value an entry holds depends on them."""
         return cls(
             vae=module_fingerprint(pipe.vae),
-            text=module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
+            text=digest(module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
+                        tokenizer_fingerprint(pipe.tokenizer, pipe.tokenizer_2), length=16),
             unet=module_fingerprint(pipe.unet),
             resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
             inversion=inversion,
