@@ -4,7 +4,6 @@ entries use, and every parameter section its nodes read is declared in that stag
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -12,29 +11,10 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT
+from tests.import_graph import SRC, imports, module_file
 
-SRC = PROJECT_ROOT / "src"
 DVC = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
 CATALOG = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())
-
-
-def _module_file(name: str) -> Path | None:
-    base = SRC / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
-    return {n for n in names if n.startswith("smpo_pipeline") and _module_file(n)}
 
 
 def _closure(start: list[Path]) -> set[Path]:
@@ -44,7 +24,7 @@ def _closure(start: list[Path]) -> set[Path]:
         if path in seen:
             continue
         seen.add(path)
-        todo += [_module_file(name) for name in _imports(path)]
+        todo += [module_file(name) for name in imports(path)]
         # A package's __init__ runs before any of its modules.
         for parent in path.relative_to(SRC).parents:
             init = SRC / parent / "__init__.py"
@@ -78,7 +58,7 @@ def _read_by(stage: str) -> set[Path]:
     for dataset in pipeline.datasets():
         kind = _catalog_type(dataset) or ""
         if kind.startswith("smpo_pipeline."):
-            files.append(_module_file(kind.rsplit(".", 1)[0]))
+            files.append(module_file(kind.rsplit(".", 1)[0]))
     return _closure(files)
 
 

@@ -4,12 +4,9 @@ import cycle. docs/development.md draws the same layers."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-from tests.conftest import PROJECT_ROOT
-
-SRC = PROJECT_ROOT / "src"
+from tests.import_graph import SRC, imports, module_file
 
 # Highest first. A unit may import its own modules and any unit of a lower layer, never a higher one.
 LAYERS = [
@@ -30,31 +27,11 @@ def _module_name(path: Path) -> str:
     return ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
 
 
-def _module_file(name: str) -> Path | None:
-    base = SRC / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    """Every project module ``path`` imports, at module level or inside a function."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
-    return {n for n in names if n.startswith("smpo_pipeline.") and _module_file(n)}
-
-
 def _graph() -> dict[str, set[str]]:
     graph = {}
     for path in SRC.rglob("*.py"):
         name = _module_name(path)
-        graph[name] = {_module_name(_module_file(n)) for n in _imports(path)} - {name}
+        graph[name] = {_module_name(module_file(n)) for n in imports(path)} - {name}
     return graph
 
 
