@@ -88,6 +88,7 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
     from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
     from smpo_pipeline.training.policy import add_lora, merged_unet
     from smpo_pipeline.training.pretraining import render_batch
+    from smpo_pipeline.training.step import add_noise
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -115,9 +116,8 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
         x0 = mean[idx] + (std[idx] * torch.randn_like(std[idx]) if latents == "sample" else 0)
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (batch_size,))
-        a = alphas[t].view(-1, 1, 1, 1)
         e, p = drop_captions(embeds[idx], pooled[idx], torch.rand(batch_size) < 0.2)
-        pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=e,
+        pred = unet(add_noise(x0, noise, t, alphas), t, encoder_hidden_states=e,
                     added_cond_kwargs={"text_embeds": p, "time_ids": time_ids(32, batch_size)}).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         optimizer.zero_grad(set_to_none=True)
