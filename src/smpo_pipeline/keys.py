@@ -56,12 +56,19 @@ def frame_digest(frame, columns) -> str:
     return hashlib.sha256(values.tobytes()).hexdigest()
 
 
+def _update_with_tensor(h, label: str, tensor) -> None:
+    """Feed a tensor's label, dtype, shape and bytes to the hash ``h`` (0-d tensors too)."""
+    import torch
+
+    h.update(f"{label}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+    h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def tensors_digest(*tensors, length: int = 64) -> str:
     """sha256 over the bytes (and shapes and dtypes) of tensors: what a run preprocessed from its data."""
     h = hashlib.sha256()
-    for tensor in tensors:
-        h.update(f"{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(-1).numpy().tobytes())
+    for i, tensor in enumerate(tensors):
+        _update_with_tensor(h, str(i), tensor)
     return h.hexdigest()[:length]
 
 
@@ -75,12 +82,9 @@ def tokenizer_fingerprint(*tokenizers) -> str:
 
 def module_fingerprint(module) -> str:
     """sha256 over a module's parameters and buffers (names, dtypes, shapes and bytes)."""
-    import torch
-
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too
+        _update_with_tensor(h, name, tensor)
     return h.hexdigest()[:16]
 
 
