@@ -134,9 +134,20 @@ CHAIN = REDUCED | {
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory):
-    """A temporary project after bootstrap → data → reward_model → rewards → cache → train (+ evaluate)
-    at reduced size."""
-    project = make_kedro_project(tmp_path_factory.mktemp("tmp") / "project")
-    run_kedro(project, ["bootstrap", "data", "reward_model", "rewards", "cache", "train"], CHAIN)
+def bootstrapped_project(tmp_path_factory) -> Path:
+    """A temporary project after the ``bootstrap`` pipeline at reduced size: its raw inputs are what
+    the other reduced-size projects start from (read it, never write to it)."""
+    project = make_kedro_project(tmp_path_factory.mktemp("bootstrapped") / "project")
+    run_kedro(project, ["bootstrap"], REDUCED)
+    return project
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory, bootstrapped_project):
+    """A copy of the bootstrapped project after data → reward_model → rewards → cache → train
+    (+ evaluate) at reduced size."""
+    import shutil
+
+    project = shutil.copytree(bootstrapped_project, tmp_path_factory.mktemp("tmp") / "project", symlinks=True)
+    run_kedro(project, ["data", "reward_model", "rewards", "cache", "train"], CHAIN)
     return project

@@ -9,7 +9,7 @@ import torch
 
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-from smpo_pipeline.runtime import environment_without_process_group, torchrun_command
+from smpo_pipeline.runtime import environment_without_process_group
 from smpo_pipeline.training.step import PairBatch, noisy_inputs, preference_loss
 
 
@@ -222,15 +222,14 @@ from smpo_pipeline.training.config import DROConfig, TrainConfig
 from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
 from smpo_pipeline.training.trainer import train_preference
 from smpo_pipeline.training.cache import CacheReader, Fingerprints
-model, cache, pairs, ckpt, log_file, kill_at, deepspeed, objective = sys.argv[1:]
+model, cache, pairs, ckpt, log_file, kill_at, objective = sys.argv[1:]
 pipe = StableDiffusionXLPipeline.from_pretrained(model)
 inv = InversionConfig(num_steps=5, renoise_iterations=1)
 reader, prints = CacheReader(Path(cache)), Fingerprints.of(pipe, inv)
 data = CachedPairs(pd.read_parquet(pairs), reader, prints, True)
 experts = CachedExperts(expert_pool(pd.read_parquet(pairs)), reader, prints)
-ds = json.loads(deepspeed) if deepspeed != "none" else None
 # DRO: a sampling network refreshed every 3 steps and a buffer of 3 states: both must be restored.
-config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, forward_noise="cached", steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.5, seed=0, deepspeed=ds, checkpoint_dir=ckpt, checkpoint_every=2, keep_last=2,
+config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, forward_noise="cached", steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.5, seed=0, checkpoint_dir=ckpt, checkpoint_every=2, keep_last=2,
                      dro=DROConfig(refresh_every=3, buffer_size=3))
 def log(step, record):
     with open(log_file, "a") as f:
@@ -241,84 +240,43 @@ train_preference(pipe.unet, data, config, inv, NOISE_SCHEDULE, log, experts)
 """
 
 
-# Plain-torch resume is exercised by DRO (which also restores its buffer and sampler), SmPO's by ZeRO-2.
-@pytest.mark.parametrize(("engine", "objective"), [("deepspeed", "smpo"), ("torch", "dro")])
-def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path, engine, objective):
+# Plain-torch resume is exercised here by DRO (which also restores its buffer and sampler); ZeRO's by
+# tests/pipelines/test_train.py, whose two ranks resume from the checkpoint a killed run would leave.
+def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path):
     import json
     import subprocess
     import sys
     import textwrap
 
-    from tests.conftest import PROJECT_ROOT
-
     training_set(tiny_pipeline_dir, tmp_path)
-    ds = "none"
-    if engine == "deepspeed":
-        ds = (PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text()
 
-    def run(name, kill_at):
+    def start(name, kill_at):
         args = [str(tiny_pipeline_dir), str(tmp_path / "cache"), str(tmp_path / "pairs.parquet"), str(tmp_path / name),
-                str(tmp_path / f"{name}.jsonl"), str(kill_at), ds, objective]
+                str(tmp_path / f"{name}.jsonl"), str(kill_at), "dro"]
         # A fresh process group of its own: not the one earlier in-process DeepSpeed tests left here.
-        return subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], capture_output=True,
-                              text=True, env=environment_without_process_group())
+        with (tmp_path / f"{name}.stderr").open("a") as stderr:
+            return subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], stderr=stderr,
+                                    env=environment_without_process_group() | {"OMP_NUM_THREADS": "1"})
+
+    def tail(name):
+        return (tmp_path / f"{name}.stderr").read_text()[-2000:]
 
     def losses(name):
         return [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
 
-    assert run("straight", -1).returncode == 0
-    killed = run("killed", 4)
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    # The uninterrupted run and the one killed at step 4 side by side: one core each.
+    straight, killed = start("straight", -1), start("killed", 4)
+    assert straight.wait(timeout=600) == 0, tail("straight")
+    assert killed.wait(timeout=600) == -9, tail("killed")
     assert sorted(p.name for p in (tmp_path / "killed").glob("step-*")) == ["step-0000002", "step-0000004"]
-    resumed = run("killed", -1)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = start("killed", -1)
+    assert resumed.wait(timeout=600) == 0, tail("killed")
     straight, interrupted = losses("straight"), losses("killed")
     assert [r["step"] for r in interrupted] == [0, 1, 2, 3, 4, 4, 5]  # step 4 ran, was lost with the kill, ran again
     by_step = {r["step"]: r["loss"] for r in straight}
     for record in interrupted:
         assert record["loss"] == pytest.approx(by_step[record["step"]], abs=1e-6), record
     assert sorted(p.name for p in (tmp_path / "killed").glob("step-*")) == ["step-0000004", "step-0000006"]  # keep_last 2
-
-
-def test_two_processes_train_under_zero2_stay_in_sync_and_resume_from_their_checkpoint(tiny_pipeline_dir, tmp_path):
-    """The multi-process entry point under torchrun: 2 CPU ranks, ZeRO-2, gloo; a checkpoint written
-    by both ranks continues the same loss curve."""
-    import json
-    import shutil
-    import subprocess
-    from dataclasses import asdict
-
-    from smpo_pipeline.training.config import TrainConfig
-    from tests.conftest import PROJECT_ROOT
-
-    training_set(tiny_pipeline_dir, tmp_path)
-    ds = json.loads((PROJECT_ROOT / "conf/base/deepspeed/zero2_cpu.json").read_text())
-    config = TrainConfig(objective="smpo", beta=5000.0, gamma=10.0, forward_noise="cached", steps=4, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.0, seed=0, deepspeed=ds, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=2, keep_last=2)
-    spec = {"model": str(tiny_pipeline_dir), "cache": str(tmp_path / "cache"), "pairs": str(tmp_path / "pairs.parquet"),
-            "config": asdict(config), "inversion": asdict(InversionConfig(num_steps=5, renoise_iterations=1)), "output": str(tmp_path / "out")}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-
-    def launch():
-        out = subprocess.run(torchrun_command(2, "smpo_pipeline.training.launch", str(tmp_path / "spec.json")),
-                             capture_output=True, text=True,
-                             env=environment_without_process_group() | {"OMP_NUM_THREADS": "1"}, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        digests = [(tmp_path / f"out/rank{r}.sha256").read_text() for r in (0, 1)]
-        assert digests[0] == digests[1]  # gradients were averaged: both ranks hold the same weights
-        return [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
-
-    straight = launch()
-    assert [r["step"] for r in straight] == [0, 1, 2, 3]
-    assert (tmp_path / "out/unet.safetensors").is_file()
-    step2 = tmp_path / "ckpt/step-0000002"
-    assert sorted(p.name for p in step2.glob("*rank*")) == ["data-rank0.json", "data-rank1.json",
-                                                            "rng-rank0.pt", "rng-rank1.pt"]
-    shutil.rmtree(tmp_path / "ckpt/step-0000004")  # as if killed after step 2's checkpoint
-    (tmp_path / "out/metrics.jsonl").unlink()
-    resumed = launch()
-    assert [r["step"] for r in resumed] == [2, 3]
-    for a, b in zip(resumed, straight[2:], strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
 
 
 def test_training_reads_the_models_own_noise_schedule(tiny_pipeline_dir):

@@ -85,27 +85,39 @@ def test_a_rerun_with_the_same_settings_resumes_from_the_finished_checkpoint(tra
 
 
 @pytest.mark.slow
-def test_the_node_launches_ranks_with_the_deepspeed_launcher(trained_project, tmp_path):
-    """`train.launcher: deepspeed` (what a multi-node hostfile run uses), here on one machine. (The
-    default launcher, torchrun, runs the same entry point in test_training_step.py.) On a copy of the
-    project: the other tests share it."""
+def test_the_node_trains_on_two_ranks_and_resumes_them_under_either_launcher(trained_project, tmp_path):
+    """`train.num_processes: 2`: the node launches two ranks (ZeRO-2 on gloo) with torchrun, the
+    default, and they must end with the same weights (the node checks every rank's checksum). Then,
+    as if the run had been killed after step 2's checkpoint, DeepSpeed's launcher (what a multi-node
+    hostfile run uses, here on one machine) resumes it from the checkpoint both ranks wrote, on the
+    same loss curve. On a copy of the project: the other tests share it."""
     import shutil
 
-    trained_project = shutil.copytree(trained_project, tmp_path / "project", symlinks=True)
+    project = shutil.copytree(trained_project, tmp_path / "project", symlinks=True)
     launch = tmp_path / "launch"
     launch.mkdir()
-    two = CHAIN | {"train": CHAIN["train"] | {"steps": 2, "num_processes": 2, "objectives": ["dpo"], "seeds": [0],
-                                            "launcher": "deepspeed", "launch_dir": str(launch)}}
-    run_kedro(trained_project, ["train"], two)
-    summary = json.loads((trained_project / "reports/training/dpo.json").read_text())
-    assert summary["processes"] == 2 and summary["steps_run_now"] == 2
-    assert (trained_project / summary["checkpoints"] / "step-0000002" / "rng-rank1.pt").is_file()
-    assert json.loads((trained_project / "reports/training/smpo.json").read_text())["trained"] is False
-    # The objectives it leaves out are markers, not base-model copies, and the evaluation skips them.
-    assert [p.name for p in (trained_project / "data/06_models/smpo").iterdir()] == ["not_trained.json"]
-    assert set(json.loads((trained_project / "reports/evaluation.json").read_text())["model_fingerprints"]) \
-        == {"base", "dpo"}
+    two = CHAIN["train"] | {"steps": 4, "num_processes": 2, "objectives": ["dpo"], "seeds": [0],
+                            "checkpoint_every": 2, "keep_last": 2}
+    run_kedro(project, ["train"], CHAIN | {"train": two})
+    summary = json.loads((project / "reports/training/dpo.json").read_text())
+    assert summary["processes"] == 2 and summary["steps_run_now"] == 4 and summary["zero_stage"] == 2
+    checkpoints = project / summary["checkpoints"]
+    assert sorted(p.name for p in (checkpoints / "step-0000002").glob("*rank*")) == [
+        "data-rank0.json", "data-rank1.json", "rng-rank0.pt", "rng-rank1.pt"]
+    straight = [json.loads(line)["loss"] for line in (checkpoints / "records.jsonl").read_text().splitlines()]
+    shutil.rmtree(checkpoints / "step-0000004")
+
+    run_kedro(project, ["train"], CHAIN | {"train": two | {"launcher": "deepspeed", "launch_dir": str(launch)}})
+    resumed = json.loads((project / "reports/training/dpo.json").read_text())
+    assert resumed["run_id"] == summary["run_id"] and resumed["reuse"] == "resumed at step 2"
+    assert resumed["steps_run_now"] == 2
+    again = [json.loads(line)["loss"] for line in (checkpoints / "records.jsonl").read_text().splitlines()]
+    assert again == pytest.approx(straight, abs=1e-6) and len(again) == 4
     assert list(launch.iterdir()) == []  # the launch directory is cleaned up
+    assert json.loads((project / "reports/training/smpo.json").read_text())["trained"] is False
+    # The objectives it leaves out are markers, not base-model copies, and the evaluation skips them.
+    assert [p.name for p in (project / "data/06_models/smpo").iterdir()] == ["not_trained.json"]
+    assert set(json.loads((project / "reports/evaluation.json").read_text())["model_fingerprints"]) == {"base", "dpo"}
 
 
 @pytest.mark.slow

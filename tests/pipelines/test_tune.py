@@ -12,12 +12,27 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from smpo_pipeline.runtime import environment_without_process_group
+from tests.conftest import run_kedro
 
 TUNE = ("tune.n_trials=4,tune.steps=2,tune.report_every=1,tune.validation_prompts=2,tune.startup_trials=1,"
         "tune.heartbeat_seconds=2,train.evaluation.steps=2,train.batch_size=4,train.forward_noise=cached,"
         "cache.inversion.num_steps=5")
+
+
+def _nested(params: str) -> dict:
+    """``a.b=1,c=x`` as the nested dict of typed values Kedro's CLI makes of it."""
+    nested: dict = {}
+    for item in params.split(","):
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return nested
 
 
 def _finished(db) -> int:
@@ -39,7 +54,6 @@ def _tune(project, **kwargs):
 @pytest.mark.slow
 def test_a_study_killed_after_two_trials_continues_to_the_configured_count(trained_project):
     import optuna
-    import yaml
 
     db = trained_project / "data/09_tuning/optuna.db"
     run = _tune(trained_project)
@@ -65,11 +79,9 @@ def test_a_study_killed_after_two_trials_continues_to_the_configured_count(train
     for plot in ("tuning_history.png", "tuning_importances.png"):
         assert (trained_project / "reports/figures" / plot).stat().st_size > 5_000
     # Trials scored on other prompts are a new study, not four old values to rank new trials against.
-    other = subprocess.run([sys.executable, "-m", "kedro", "run", "--pipelines", "tune", "--params",
-                            TUNE.replace("tune.n_trials=4", "tune.n_trials=1").replace("validation_prompts=2",
-                                                                                         "validation_prompts=3")],
-                           cwd=trained_project, env=environment_without_process_group(), capture_output=True, text=True)
-    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
+    # (In this process, with the same settings as runtime parameters, as `kedro run --params` passes them.)
+    other = TUNE.replace("tune.n_trials=4", "tune.n_trials=1").replace("validation_prompts=2", "validation_prompts=3")
+    run_kedro(trained_project, ["tune"], _nested(other))
     changed = json.loads((trained_project / "reports/tuning/study.json").read_text())
     assert changed["study"] != report["study"] and changed["finished_trials"] == 1
     assert len(optuna.load_study(study_name=report["study"], storage=f"sqlite:///{db}").trials) == len(study.trials)

@@ -27,6 +27,7 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
 
     if objective not in train.objectives:
         log.info("train.objectives leaves out %s: it is not trained in this run", objective)
+        _clear_curve(objective)
         return NotTrained(objective, "left out of train.objectives"), {}, {"objective": objective, "trained": False}
     runs = {seed: _train_seed(objective, seed, preference_pairs, base_model, cache_report, prompts_validation, train,
                               cache) for seed in train.seeds}
@@ -36,6 +37,17 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     summary = runs[first][1] | {"seeds": list(train.seeds),
                                 "per_seed": {str(seed): run_summary for seed, (_, run_summary) in runs.items()}}
     return trained, replicas, summary
+
+
+def _clear_curve(objective: str) -> None:
+    """An objective left out of this run has no learning curve: its dvclive plots folder is left
+    empty (it is a declared output of DVC's train stage, so it must exist), as its model folder
+    holds only the ``NotTrained`` marker. Its runs' curves stay with their checkpoints."""
+    import shutil
+
+    plots = Path(f"reports/training/{objective}/plots/metrics")
+    shutil.rmtree(plots, ignore_errors=True)
+    plots.mkdir(parents=True)
 
 
 def _validation_curve(base_model, prompts_validation: list[str], train: TrainParams, resolution: int):
