@@ -117,6 +117,8 @@ def test_the_node_trains_on_two_ranks_and_resumes_them_under_either_launcher(tra
     assert json.loads((project / "reports/training/smpo.json").read_text())["trained"] is False
     # The objectives it leaves out are markers, not base-model copies, and the evaluation skips them.
     assert [p.name for p in (project / "data/06_models/smpo").iterdir()] == ["not_trained.json"]
+    # ... and their learning-curve folder is empty but there: DVC's train stage declares it.
+    assert list((project / "reports/training/smpo/plots/metrics").iterdir()) == []
     assert set(json.loads((project / "reports/evaluation.json").read_text())["model_fingerprints"]) == {"base", "dpo"}
 
 
