@@ -59,6 +59,32 @@ def test_policy_states_are_states_of_the_samplers_trajectories(unet_and_cond):
     assert torch.equal(again_x, x_t) and torch.equal(again_t, t)
 
 
+def test_each_stored_state_is_where_its_own_trajectory_alone_reaches(unet_and_cond):
+    """Samples leave the batch as they reach their kept state: what remains must still be each
+    sample's own DPM-Solver++ trajectory, with its prompt, its grid and its solver history."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from smpo_pipeline.inversion import predict_noise
+
+    unet, cond = unet_and_cond
+    config = SamplerConfig()
+    x_t, t, _ = sample_policy_states(unet, cond, (4, 16, 16), NOISE_SCHEDULE, config, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the draws in the sampler's order: grid offsets, kept steps, noise
+    offsets, keep = torch.randint(0, 1000 // config.steps, (6,), generator=g), torch.randint(0, config.steps, (6,), generator=g)
+    noise = torch.randn((6, 4, 16, 16), generator=g)
+    assert len(set(keep.tolist())) > 2
+    with torch.no_grad():
+        for j in range(6):  # one sample at a time, on its own grid
+            scheduler = DPMSolverMultistepScheduler(**NOISE_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2)
+            scheduler.set_timesteps(timesteps=jittered_timesteps(config.steps, int(offsets[j])))
+            z = noise[j : j + 1] * scheduler.init_noise_sigma
+            one = {k: v[j : j + 1] for k, v in cond.items()}
+            for step in scheduler.timesteps[: int(keep[j])]:
+                z = scheduler.step(predict_noise(unet, z, int(step), one), int(step), z).prev_sample
+            assert int(t[j]) == int(scheduler.timesteps[int(keep[j])])
+            assert torch.allclose(x_t[j : j + 1], z, atol=1e-4), j
+
+
 def test_the_replay_buffer_keeps_the_last_states_and_round_trips_through_a_state_dict():
     buffer = ReplayBuffer(capacity=5)
     for start in (0, 3, 6):

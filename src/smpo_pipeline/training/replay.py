@@ -39,8 +39,9 @@ def sample_policy_states(unet, cond: dict, latent_shape, noise_schedule: dict, c
                          generator: torch.Generator):
     """One (x_t, t, ε) per prompt of ``cond``: a random state of a DPM-Solver++ trajectory.
 
-    Each sample runs on its own jittered grid; sampling stops once every sample has reached the
-    state it keeps (on average half the steps)."""
+    Each sample runs on its own jittered grid and leaves the batch once it has reached the state it
+    keeps: the UNet sees only the samples still running, so a refill costs on average half the
+    steps' forward passes (with many samples the last one to finish runs nearly all of them)."""
     from diffusers import DPMSolverMultistepScheduler
 
     n = cond["prompt_embeds"].shape[0]
@@ -57,12 +58,18 @@ def sample_policy_states(unet, cond: dict, latent_shape, noise_schedule: dict, c
     grids = torch.tensor([s.timesteps.tolist() for s in schedulers])  # [n, steps]
     z = z * schedulers[0].init_noise_sigma
     kept_x, kept_eps = torch.empty_like(z), torch.empty_like(z)
+    running = torch.arange(n)  # the samples that have not yet reached their kept state
     for i in range(int(keep.max()) + 1):
-        t = grids[:, i].to(device)
-        eps = predict_noise(unet, z, t, cond, config.guidance_scale).to(z.dtype)
-        here = keep == i
-        kept_x[here], kept_eps[here] = z[here], eps[here]
-        z = torch.cat([schedulers[j].step(eps[j : j + 1], int(t[j]), z[j : j + 1]).prev_sample for j in range(n)])
+        t = grids[running, i].to(device)
+        eps = predict_noise(unet, z, t, {k: v[running] for k, v in cond.items()}, config.guidance_scale).to(z.dtype)
+        here = keep[running] == i
+        kept_x[running[here]], kept_eps[running[here]] = z[here], eps[here]
+        # Only the samples that go on take a solver step (each its own multistep scheduler).
+        going = ~here
+        z = torch.cat([schedulers[j].step(eps[k : k + 1], int(t[k]), z[k : k + 1]).prev_sample
+                       for k, j in zip(going.nonzero().flatten().tolist(), running[going].tolist(), strict=True)]
+                      or [z[:0]])
+        running = running[going]
     return kept_x, grids[torch.arange(n), keep], kept_eps
 
 
