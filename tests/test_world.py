@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -170,3 +172,33 @@ def test_labelled_pairs_share_image_uids_across_rows_and_count_their_captions():
                            AnnotatorPopulation(size=5), rng)
     assert again["image_0_uid"] == [uid_of[0, 0]] and again["image_1_uid"] != [uid_of[0, 1]]
     assert rows["num_example_per_prompt"] == [6] * 18
+
+
+def test_the_disagreement_axis_runs_from_unanimous_to_nearly_random():
+    """The same pairs (an ideal render against a render with one attribute wrong) judged at each
+    level: agreement with the oracle falls at every step of the axis, from nearly all to near chance."""
+    import dataclasses
+
+    from smpo_pipeline.world.disagreement import DisagreementAxis, relabel
+
+    rng = np.random.default_rng(0)
+    comps = [all_compositions()[i] for i in rng.choice(len(all_compositions()), 150, replace=False)]
+    wrong = [dataclasses.replace(c, position=next(p for p in grammar.POSITIONS if p != c.position)) if k % 2
+             else dataclasses.replace(c, size=next(s for s in grammar.SIZES if s != c.size)) for k, c in enumerate(comps)]
+    captions = [str(c) for c in comps]
+    right = [read_image(render(c, rng=np.random.default_rng(k))) for k, c in enumerate(comps)]
+    other = [read_image(render(c, rng=np.random.default_rng(k))) for k, c in enumerate(wrong)]
+    agreement = []
+    for d in (0.0, 0.25, 0.5, 0.75, 1.0):
+        population = DisagreementAxis().population(d, seed=7)
+        # Half the pairs with the right image first, half second: a constant answer scores ½.
+        flip = np.arange(len(comps)) % 3 == 0
+        label_0, label_1, summary = relabel(captions, [o if f else r for r, o, f in zip(right, other, flip, strict=True)],
+                                            [r if f else o for r, o, f in zip(right, other, flip, strict=True)],
+                                            population, np.random.default_rng(1))
+        assert np.all(label_0 + label_1 == 1.0) and summary.pairs == len(comps)
+        agreement.append(1 - summary.disagreements / summary.decided)
+    assert agreement[0] > 0.95 and 0.4 < agreement[-1] < 0.7, agreement
+    assert all(a > b for a, b in itertools.pairwise(agreement)), agreement
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\] \(got 1.5\)"):
+        DisagreementAxis().population(1.5, seed=7)

@@ -16,6 +16,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -437,6 +438,34 @@ class TuneParams(_Section):
         return self
 
 
+class DisagreementAxisParams(_Section):
+    """Each annotator setting at d = 0 (nearly unanimous) and d = 1 (nearly random):
+    ``world.disagreement.DisagreementAxis``."""
+
+    rationality: tuple[PositiveFloat, PositiveFloat] = (200.0, 0.5)
+    weight_concentration: tuple[PositiveFloat, PositiveFloat] = (200.0, 1.0)
+    taste_scale: tuple[float, float] = (0.0, 0.3)
+    max_tie_margin: float = Field(0.04, ge=0)
+    population_size: PositiveInt = 40
+    zipf_exponent: float = Field(1.1, ge=0)
+
+
+class StudyParams(_Section):
+    """The disagreement study (``pipelines/study``): the same pairs labelled again at each level."""
+
+    levels: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
+    population_seed: int = 7
+    labelling_seed: int = 0
+    axis: DisagreementAxisParams = DisagreementAxisParams()
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_on_the_axis(cls, levels: list[float]) -> list[float]:
+        if any(not 0.0 <= d <= 1.0 for d in levels) or sorted(set(levels)) != list(levels):
+            raise ValueError("study levels must be distinct, increasing and in [0, 1]")
+        return levels
+
+
 class ProjectParams(_Section):
     runtime: RuntimeParams = RuntimeParams()
     world: WorldParams = WorldParams()
@@ -451,6 +480,7 @@ class ProjectParams(_Section):
     train: TrainParams = TrainParams()
     evaluation: EvaluationParams = EvaluationParams()
     tune: TuneParams = TuneParams()
+    study: StudyParams = StudyParams()
 
 
 def _describe(error: dict) -> str:

@@ -2,8 +2,8 @@
 
 The default pipeline is the chain from the raw inputs on: data → rewards → cache → train (which ends
 with ``evaluate``, also runnable alone). ``bootstrap`` rebuilds the raw inputs the repository ships
-(the base model, the preference shards, the prompt sets) and ``tune`` (the Optuna study) runs; both
-run only when named.
+(the base model, the preference shards, the prompt sets), ``tune`` (the Optuna study) runs and
+``study`` labels the pairs again along an axis of annotator disagreement; these run only when named.
 """
 
 from __future__ import annotations
@@ -20,5 +20,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         from smpo_pipeline.pipelines.evaluate import create_pipeline as evaluation
 
         pipelines["train"] = pipelines["train"] + evaluation()
-    pipelines["__default__"] = sum(p for name, p in pipelines.items() if name not in ("tune", "bootstrap"))
+    pipelines["__default__"] = sum(p for name, p in pipelines.items() if name not in ("tune", "bootstrap", "study"))
     return pipelines

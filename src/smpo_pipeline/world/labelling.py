@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from smpo_pipeline.keys import content_uid
-from smpo_pipeline.world.annotators import TIE, AnnotatorPopulation
+from smpo_pipeline.world.annotators import TIE, Annotator, AnnotatorPopulation
 from smpo_pipeline.world.oracle import OracleReading, combine_scores, score_reading
 
 
@@ -44,6 +44,23 @@ class LabelSummary:
                 "non_tie_pairs_compared": self.decided}
 
 
+def judge_pair(population: AnnotatorPopulation, caption: str, reading_0: OracleReading, reading_1: OracleReading,
+               rng: np.random.Generator, summary: LabelSummary) -> tuple[tuple[float, float], Annotator]:
+    """One annotator, drawn by activity, judges one pair: ((label_0, label_1), the annotator). The
+    judgement is counted in ``summary``, against the oracle's order where the oracle has one."""
+    annotator = population.draw(rng)
+    label = annotator.choose(reading_0, reading_1, caption, rng)
+    oracle = [combine_scores(score_reading(r, caption)) for r in (reading_0, reading_1)]
+    summary.pairs += 1
+    summary.users.add(annotator.user_id)
+    if label == TIE:
+        summary.ties += 1
+    elif oracle[0] != oracle[1]:
+        summary.decided += 1
+        summary.disagreements += (label[0] > label[1]) != (oracle[0] > oracle[1])
+    return label, annotator
+
+
 def image_uid(image: bytes, namespace: uuid.UUID) -> str:
     """An image's uid, derived from its bytes: every later stage caches its work (reward scores,
     latents) under the uid, so an image redrawn by a new base model must get a new one, as every
@@ -66,17 +83,8 @@ def label_pairs(captions: list[str], readings: list[list[OracleReading]], images
     rows: dict[str, list] = {}
     summary = LabelSummary()
     for row_id, (i, a, b) in enumerate(pairs):
-        annotator = population.draw(rng)
-        label = annotator.choose(readings[i][a], readings[i][b], captions[i], rng)
-        oracle = [combine_scores(score_reading(readings[i][k], captions[i])) for k in (a, b)]
+        label, annotator = judge_pair(population, captions[i], readings[i][a], readings[i][b], rng, summary)
         uids = [image_uid(images[i][k], ns) for k in (a, b)]
-        summary.pairs += 1
-        summary.users.add(annotator.user_id)
-        if label == TIE:
-            summary.ties += 1
-        elif oracle[0] != oracle[1]:
-            summary.decided += 1
-            summary.disagreements += (label[0] > label[1]) != (oracle[0] > oracle[1])
         row = {
             "are_different": images[i][a] != images[i][b],
             "best_image_uid": "" if label == TIE else uids[0 if label[0] > label[1] else 1],
