@@ -23,7 +23,7 @@ def relabel_at_each_level(clean_pairs, study: StudyParams, data: DataParams):
     from smpo_pipeline.world.oracle import read_image
 
     images = pair_image_bytes(clean_pairs, Path(data.work_dir))
-    readings = {uid: read_image(decode_rgb(data)) for uid, data in images.items()}
+    readings = {uid: read_image(decode_rgb(raw)) for uid, raw in images.items()}
     captions = clean_pairs.caption.tolist()
     sides = [[readings[u] for u in clean_pairs[f"image_{k}_uid"]] for k in (0, 1)]
     shipped = clean_pairs.label_0.to_numpy()
@@ -38,8 +38,8 @@ def relabel_at_each_level(clean_pairs, study: StudyParams, data: DataParams):
         decided = (label_0 != 0.5) & (shipped != 0.5)
         level = {"level": d, "oracle_agreement": round(1 - summary.disagreements / max(summary.decided, 1), 4),
                  "tie_share": round(summary.ties / max(summary.pairs, 1), 4),
-            "agreement_with_shipped_labels": round(float((label_0[decided] == shipped[decided]).mean()), 4),
-            "pairs": summary.pairs, "oracle_ordered_pairs": summary.decided}
+                 "agreement_with_shipped_labels": round(float((label_0[decided] == shipped[decided]).mean()), 4),
+                 "pairs": summary.pairs, "oracle_ordered_pairs": summary.decided}
         log.info("study level %.2f: the labels agree with the oracle on %.1f%% of %d pairs it orders (ties %.1f%%)",
                  d, 100 * level["oracle_agreement"], summary.decided, 100 * level["tie_share"])
         levels.append(level)
