@@ -255,3 +255,23 @@ def test_image_files_are_scored_once_and_a_changed_prompt_is_scored_again(tmp_pa
     other = [(uid, prompts[(i + 1) % 6], path) for i, (uid, _, path) in enumerate(items)]
     changed, scored = score_files(other, model, cache, 4)
     assert scored == 6 and list(changed) == list(model.score(images, [p for _, p, _ in other]))
+
+
+def test_pairs_are_oriented_by_the_reward_and_keep_the_labels_order_beside_it():
+    import pandas as pd
+
+    from smpo_pipeline.smoothing import reward_oriented_pairs
+
+    pairs = pd.DataFrame({"label_0": [1.0, 0.0, 0.5], "label_1": [0.0, 1.0, 0.5], "is_tie": [False, False, True],
+                          "image_0_uid": ["a", "c", "e"], "image_1_uid": ["b", "d", "f"],
+                          "image_0_file": ["x", "x", "y"], "image_1_file": ["x", "y", "y"]})
+    # Pair 0: the reward agrees with the label; pair 1: it prefers the label's loser; pair 2: a tie.
+    out = reward_oriented_pairs(pairs, [0.9, 0.8, 0.3], [0.1, 0.2, 0.6], [0.9, 0.8, 0.3], [0.1, 0.2, 0.6], tau=0.5)
+    assert out.reward_winner.tolist() == [0, 0, 1] and out.label_winner.tolist() == [0, 1, -1]
+    assert out.orders_agree.tolist() == [True, False, False]
+    assert out.image_w_uid.tolist() == ["a", "c", "f"] and out.image_l_file.tolist() == ["x", "y", "y"]
+    assert out.margin.tolist() == pytest.approx([0.8, 0.6, 0.3]) and (out.p > 0.5).all()
+    assert out.p.tolist() == pytest.approx(1 / (1 + np.exp(-out.margin.to_numpy() / 0.5)))
+    assert out.smpo_weight.tolist() == pytest.approx(10.0 * (2 * out.p - 1))
+    assert list(pairs.columns) == ["label_0", "label_1", "is_tie", "image_0_uid", "image_1_uid", "image_0_file",
+                                   "image_1_file"]  # the input is left as it was

@@ -42,6 +42,30 @@ def preference_probability(r_w, r_l, tau: float = 1.0) -> np.ndarray:
     return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
 
 
+def reward_oriented_pairs(pairs, score_0, score_1, r_0, r_1, tau: float = 1.0, gamma: float = 10.0):
+    """The labelled pairs (``label_0``, ``label_1``, ``is_tie``, ``image_{0,1}_{uid,file}``) with a
+    reward model's raw scores ``score_{0,1}`` and normalised rewards ``r_{0,1}``, oriented by the
+    reward (SmPO's winner: the higher-scored image): both orders (``reward_winner``,
+    ``label_winner``, −1 for a tie) and whether they agree, the w/l columns, the margin, p and
+    the SmPO weight. Training re-orients the table per objective (``orient_pairs``)."""
+    out = pairs.copy()
+    out["score_0"], out["score_1"] = np.asarray(score_0), np.asarray(score_1)
+    reward_first = (out.score_0 >= out.score_1).to_numpy()
+    decided = ~out.is_tie & (out.score_0 != out.score_1)
+    out["reward_winner"] = np.where(reward_first, 0, 1)
+    out["label_winner"] = np.where(out.is_tie, -1, np.where(out.label_0 > out.label_1, 0, 1))
+    out["orders_agree"] = decided & (out.reward_winner == out.label_winner)
+    out["winner"] = out["reward_winner"]
+    for side in ("uid", "file"):
+        out[f"image_w_{side}"] = np.where(reward_first, out[f"image_0_{side}"], out[f"image_1_{side}"])
+        out[f"image_l_{side}"] = np.where(reward_first, out[f"image_1_{side}"], out[f"image_0_{side}"])
+    out["r_w"], out["r_l"] = np.where(reward_first, r_0, r_1), np.where(reward_first, r_1, r_0)
+    out["margin"] = np.where(reward_first, out.score_0 - out.score_1, out.score_1 - out.score_0)
+    out["p"] = preference_probability(out.r_w, out.r_l, tau)
+    out["smpo_weight"] = smpo_weight(out.p, gamma)
+    return out
+
+
 def _flip(pairs, flip, target):
     """``pairs`` with the rows of ``flip`` turned around: w/l columns swapped, margin and SmPO weight
     negated, p → 1 − p, the winner set to ``target``."""

@@ -73,31 +73,13 @@ def smooth_preferences(clean_pairs, reward_scores, rewards: RewardsParams):
     reward (SmPO's winner), its normalised rewards, the smoothed probability p and the SmPO weight
     γ(2p − 1). Training re-orients it per objective (``train.pair_order``, ``smoothing.orient_pairs``)."""
 
-    from smpo_pipeline.smoothing import preference_probability, smpo_weight
+    from smpo_pipeline.smoothing import reward_oriented_pairs
 
-    pairs = clean_pairs.copy()
     b = rewards.bounds
     smoothing = reward_scores[reward_scores.role == "smoothing"]
-    pairs["score_0"], pairs["score_1"], r0, r1, (low, high) = _normalised_scores(pairs, smoothing, b)
-
-    reward_first = pairs.score_0 >= pairs.score_1  # SmPO: the higher-scored image wins
-    label_first = pairs.label_0 > pairs.label_1
+    s0, s1, r0, r1, (low, high) = _normalised_scores(clean_pairs, smoothing, b)
+    pairs = reward_oriented_pairs(clean_pairs, s0, s1, r0, r1, rewards.tau, rewards.gamma)
     decided = ~pairs.is_tie & (pairs.score_0 != pairs.score_1)
-    pairs["reward_winner"] = np.where(reward_first, 0, 1)
-    pairs["label_winner"] = np.where(pairs.is_tie, -1, np.where(label_first, 0, 1))
-    pairs["orders_agree"] = decided & (pairs.reward_winner == pairs.label_winner)
-
-    # The table's orientation is the reward's; training re-orients it per objective (orient_pairs).
-    pairs["winner"] = pairs["reward_winner"]
-    pairs["image_w_uid"] = np.where(reward_first, pairs.image_0_uid, pairs.image_1_uid)
-    pairs["image_l_uid"] = np.where(reward_first, pairs.image_1_uid, pairs.image_0_uid)
-    pairs["image_w_file"] = np.where(reward_first, pairs.image_0_file, pairs.image_1_file)
-    pairs["image_l_file"] = np.where(reward_first, pairs.image_1_file, pairs.image_0_file)
-    pairs["r_w"] = np.where(reward_first, r0, r1)
-    pairs["r_l"] = np.where(reward_first, r1, r0)
-    pairs["margin"] = np.where(reward_first, pairs.score_0 - pairs.score_1, pairs.score_1 - pairs.score_0)
-    pairs["p"] = preference_probability(pairs.r_w, pairs.r_l, rewards.tau)
-    pairs["smpo_weight"] = smpo_weight(pairs.p, rewards.gamma)
 
     agreement = float(pairs.orders_agree[decided].mean()) if decided.any() else float("nan")
     report = {
