@@ -36,10 +36,11 @@ def relabel_at_each_level(clean_pairs, study: StudyParams, data: DataParams):
         tables.append(pd.DataFrame({"pair_id": clean_pairs.pair_id, "level": d, "label_0": label_0,
                                     "label_1": label_1, "is_tie": label_0 == 0.5}))
         decided = (label_0 != 0.5) & (shipped != 0.5)
-        level = {"level": d, "oracle_agreement": round(1 - summary.disagreements / max(summary.decided, 1), 4),
-                 "tie_share": round(summary.ties / max(summary.pairs, 1), 4),
+        counts = summary.as_dict()
+        level = {"level": d, "oracle_agreement": round(1 - counts["disagreement_with_oracle"], 4),
+                 "tie_share": counts["tie_share"],
                  "agreement_with_shipped_labels": round(float((label_0[decided] == shipped[decided]).mean()), 4),
-                 "pairs": summary.pairs, "oracle_ordered_pairs": summary.decided}
+                 "pairs": counts["pairs"], "oracle_ordered_pairs": counts["non_tie_pairs_compared"]}
         log.info("study level %.2f: the labels agree with the oracle on %.1f%% of %d pairs it orders (ties %.1f%%)",
                  d, 100 * level["oracle_agreement"], summary.decided, 100 * level["tie_share"])
         levels.append(level)

@@ -39,13 +39,18 @@ def train_objective(objective: str, preference_pairs, base_model, cache_report: 
     return trained, replicas, summary
 
 
+def _live_dir(objective: str, other_seed: int | None = None) -> str:
+    """dvclive's directory of an objective's first seed, or of one of its other seeds."""
+    return f"reports/training/{objective}" + ("" if other_seed is None else f"_seed-{other_seed}")
+
+
 def _clear_curve(objective: str) -> None:
     """An objective left out of this run has no learning curve: its dvclive plots folder is left
     empty (it is a declared output of DVC's train stage, so it must exist), as its model folder
     holds only the ``NotTrained`` marker. Its runs' curves stay with their checkpoints."""
     import shutil
 
-    plots = Path(f"reports/training/{objective}/plots/metrics")
+    plots = Path(_live_dir(objective)) / "plots" / "metrics"  # where dvclive writes a run's curves
     shutil.rmtree(plots, ignore_errors=True)
     plots.mkdir(parents=True)
 
@@ -97,7 +102,7 @@ def _train_seed(objective: str, seed: int, preference_pairs, base_model, cache_r
     else:
         log.info("%s (seed %d): %s, starting run %s", objective, seed,
                  f"changed since the last run: {', '.join(changes)}" if changes else "no earlier run", run_id)
-    live_dir = f"reports/training/{objective}" + ("" if seed == train.seeds[0] else f"_seed-{seed}")
+    live_dir = _live_dir(objective, None if seed == train.seeds[0] else seed)
     history = RunHistory(config.checkpoint_dir, done)
     new, policy = _run_logged(run, config, base_model, prompts_validation, train, cache, live_dir, history)
     records = history.earlier + new
