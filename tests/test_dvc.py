@@ -16,7 +16,7 @@ import yaml
 from smpo_pipeline.runtime import environment_without_process_group
 from tests.conftest import CHAIN, PROJECT_ROOT
 
-STAGES = ["bootstrap", "data", "reward_model", "rewards", "cache", "train", "evaluate"]
+STAGES = ["bootstrap", "data", "reward_model", "rewards", "cache", "train", "evaluate", "study"]
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -43,7 +43,9 @@ def repo(tmp_path_factory, trained_project):
     root = tmp_path_factory.mktemp("dvc") / "repo"
     files = _sh(PROJECT_ROOT, "git", "ls-files", "--cached", "--others", "--exclude-standard").splitlines()
     for name in files:
-        if (PROJECT_ROOT / name).is_file() and not name.startswith(("reports/", "notebooks/", "data/")):
+        # The frozen study stage's reports are shipped in git, as a clone has them.
+        shipped = name.startswith(("reports/study", "reports/figures/study"))
+        if (PROJECT_ROOT / name).is_file() and (shipped or not name.startswith(("reports/", "notebooks/", "data/"))):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(PROJECT_ROOT / name, root / name)
     for path in (root / "conf/base").glob("parameters_*.yml"):
@@ -53,8 +55,8 @@ def repo(tmp_path_factory, trained_project):
     # The whole chain at these settings, run once through Kedro for the pipeline tests: running it
     # again stage by stage here would cost a process start and the work of every stage.
     for name in ("data", "reports"):
-        shutil.copytree(trained_project / name, root / name, symlinks=True,
-                        ignore=shutil.ignore_patterns("09_tuning", "tuning"))
+        shutil.copytree(trained_project / name, root / name, symlinks=True, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("09_tuning", "tuning", "study*"))
     _sh(root, "git", "init", "-q", "-b", "main")
     _sh(root, "git", "add", "-A")
     _sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "reduced copy")

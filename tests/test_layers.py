@@ -14,6 +14,7 @@ LAYERS = [
     {"pipeline_registry", "hooks"},  # Kedro's wiring; the hooks set the project's environment
     {"pipelines"},  # nodes: thin adapters, one folder per pipeline
     {"datasets"},  # Kedro datasets for the project's artefacts
+    {"study"},  # the disagreement study's grid: reward models, pair tables and runs per level
     {"evaluation", "rewards"},  # evaluation; reward models (the learned one trains with training's checkpoints)
     {"training"},  # the loops: pretraining, preference training, the cache, checkpoints
     {"params"},  # the validated parameters

@@ -1,4 +1,5 @@
-"""Evaluation statistics, tables and image grids (pure: numpy, pandas, PIL; no Kedro, no torch).
+"""Evaluation: the shapes-oracle reward of a model's images, its implicit agreement with the oracle on
+held-out pairs, and the statistics, tables and image grids (no Kedro; torch only inside functions).
 
 The protocol is paired: every model generates the same (prompt, seed) list, so models are compared
 image for image. A win rate of A over B is the share of (prompt, seed) where A's score beats B's
@@ -36,6 +37,38 @@ def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_
 
     images = generate(model, prompts, seeds, protocol, batch_size, **generate_args)
     return np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
+
+
+def implicit_agreement(policy, reference, pairs, draws: int, alphas_cumprod, timestep_range, seed: int = 0,
+                       batch_size: int = 64) -> np.ndarray:
+    """Per held-out pair (winner and loser by the oracle: ``CachedPairs`` rows), the share of
+    ``draws`` (noise, timestep) draws at which the policy's implicit reward ranks the pair as the
+    oracle does: it lowers the winner's denoising error, relative to the reference, more than the
+    loser's (Diffusion-DPO's implicit reward, Wallace et al. 2024, eq. 14). A tie counts half, so
+    the reference itself scores ½. The draws come from ``seed`` alone: every model is measured on
+    the same ones."""
+    import torch
+
+    from smpo_pipeline.training.step import add_noise, per_sample_mse
+
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs.batch(range(start, min(start + batch_size, len(pairs))))
+            x0 = torch.cat([batch.latents_w, batch.latents_l])
+            cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
+            hits = torch.zeros(len(batch))
+            for _ in range(draws):
+                t = torch.randint(*timestep_range, (len(batch),), generator=generator).repeat(2)
+                noise = torch.randn(batch.latents_w.shape, generator=generator).repeat(2, 1, 1, 1)
+                x_t = add_noise(x0, noise, t, alphas_cumprod)
+                policy_w, policy_l = per_sample_mse(policy, x_t, t, noise, *cond).chunk(2)
+                ref_w, ref_l = per_sample_mse(reference, x_t, t, noise, *cond).chunk(2)
+                margin = (ref_w - policy_w) - (ref_l - policy_l)
+                hits += (margin > 0).float() + 0.5 * (margin == 0).float()
+            out.append(hits / draws)
+    return torch.cat(out).numpy()
 
 
 def win_rate(a: np.ndarray, b: np.ndarray, groups: np.ndarray, samples: int = 2000, confidence: float = 0.95,

@@ -450,13 +450,45 @@ class DisagreementAxisParams(_Section):
     zipf_exponent: float = Field(1.1, ge=0)
 
 
+class StudyEvaluationParams(_Section):
+    """How each cell of the study is measured: the test prompts (the evaluation's protocol and
+    seeds, ``evaluation``) and the held-out pairs' implicit accuracy against the oracle's order."""
+
+    max_prompts: PositiveInt | None = None  # the first N test prompts (None: all)
+    seeds_per_prompt: PositiveInt = 1
+    heldout_pairs: PositiveInt | None = None  # the first N validation pairs (None: all)
+    heldout_draws: PositiveInt = 4  # (noise, timestep) draws per held-out pair, the same for every model
+    bootstrap_samples: PositiveInt = 2000
+
+
 class StudyParams(_Section):
-    """The disagreement study (``pipelines/study``): the same pairs labelled again at each level."""
+    """The disagreement study (``pipelines/study``): the same pairs labelled again at each level,
+    then a reward model learned from each level's labels and a grid of training cells
+    (level × arm × seed), each trained with the ``train`` section as ``train`` here overrides it."""
 
     levels: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
     population_seed: int = 7
     labelling_seed: int = 0
     axis: DisagreementAxisParams = DisagreementAxisParams()
+    arms: list[Literal["dpo", "smpo-learned", "smpo-oracle"]] = Field(["dpo", "smpo-learned", "smpo-oracle"],
+                                                                     min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    train: dict[str, Any] = Field(default_factory=dict)  # overrides of the train section (validated by it)
+    reward_model: ScorerTrainingParams = ScorerTrainingParams()  # each level's reward model (reward_model.size)
+    evaluation: StudyEvaluationParams = StudyEvaluationParams()
+    root: str = "data/07_model_output/study"  # each cell's record, under its key: a re-run trains only what is missing
+    checkpoint_root: str = "data/06_models/study_checkpoints"  # cells and reward models while they train
+
+    @field_validator("arms", "seeds")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"must not repeat a value (got {values})")
+        return values
+
+    def train_params(self, train: TrainParams) -> TrainParams:
+        """The ``train`` section with this study's overrides (``study.train``), validated as one."""
+        return TrainParams.model_validate(_deep_merge(train.model_dump(), self.train))
 
     @field_validator("levels")
     @classmethod
@@ -464,6 +496,13 @@ class StudyParams(_Section):
         if any(not 0.0 <= d <= 1.0 for d in levels) or sorted(set(levels)) != list(levels):
             raise ValueError("study levels must be distinct, increasing and in [0, 1]")
         return levels
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for name, value in extra.items():
+        out[name] = _deep_merge(out[name], value) if isinstance(value, dict) and isinstance(out.get(name), dict) else value
+    return out
 
 
 class ProjectParams(_Section):
@@ -482,11 +521,22 @@ class ProjectParams(_Section):
     tune: TuneParams = TuneParams()
     study: StudyParams = StudyParams()
 
+    @model_validator(mode="after")
+    def _study_trains_validly(self) -> ProjectParams:
+        try:
+            self.study.train_params(self.train)
+        except ValidationError as error:
+            wrong = "; ".join(f"study.train.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"study.train does not override the train section validly: {wrong}") from None
+        return self
+
 
 def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "<parameters>"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown parameter (not in the schema of smpo_pipeline.params)"
+    if not error["loc"]:  # a check across sections names its keys itself; its input is every parameter
+        return error["msg"].removeprefix("Value error, ")
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
 
 

@@ -34,6 +34,14 @@ def quantile_bounds(scores, lower: float = 0.01, upper: float = 0.99) -> tuple[f
     return float(low), float(high)
 
 
+def score_bounds(scores, method: str, low: float, high: float, lower_quantile: float, upper_quantile: float):
+    """(low, high) of ``normalise``: fixed (a reward model's published bounds) or ``quantile``
+    (of ``scores``, this dataset's, for reward models without published ones)."""
+    if method == "fixed":
+        return low, high
+    return quantile_bounds(scores, lower_quantile, upper_quantile)
+
+
 def preference_probability(r_w, r_l, tau: float = 1.0) -> np.ndarray:
     """p = σ((r'_w − r'_l) / τ), computed stably for any margin."""
     if not tau > 0:

@@ -24,7 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smpo_pipeline.params import ScorerSizeParams, ScorerTrainingParams  # the sizes and settings, validated
+from smpo_pipeline.params import (  # the sizes and settings, validated
+    RewardModelParams,
+    ScorerSizeParams,
+    ScorerTrainingParams,
+)
 
 
 def build_scorer(tokenizer, size: ScorerSizeParams):
@@ -71,6 +75,28 @@ def pair_tensors(processor, images_0, images_1, captions, label_0, max_length: i
     n = len(captions)
     return PairTensors(pixels[:n], pixels[n:], text.input_ids, text.attention_mask,
                        torch.as_tensor(np.asarray(label_0, dtype=np.float32)))
+
+
+def initial_scorer(reward_model: RewardModelParams):
+    """The model a run starts from and its processor: the CLIP checkpoint ``reward_model.init``
+    (PickScore fine-tunes CLIP-H), or one built from ``reward_model.size`` with the training seed,
+    so the same settings give the same initial weights (and the same run id)."""
+    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    if reward_model.init is not None:
+        return CLIPModel.from_pretrained(reward_model.init), CLIPProcessor.from_pretrained(reward_model.init)
+    torch.manual_seed(reward_model.training.seed)
+    return build_scorer(CLIPTokenizer.from_pretrained(reward_model.tokenizer), reward_model.size)
+
+
+def scorer_run_id(tensors: PairTensors, model, training: ScorerTrainingParams) -> str:
+    """A digest of everything a run reads: the preprocessed pairs (pixels, tokens, labels), the
+    initial weights, every training setting and this module's code (its checkpoints' folder)."""
+    from smpo_pipeline.keys import code_digest, digest, module_fingerprint, tensors_digest
+
+    data = tensors_digest(tensors.pixels_0, tensors.pixels_1, tensors.input_ids, tensors.attention_mask, tensors.label_0)
+    return digest(data, module_fingerprint(model), training.model_dump(),
+                  code_digest("smpo_pipeline.rewards.pickscore_training"), length=12)
 
 
 def pair_logits(model, batch: PairTensors) -> torch.Tensor:
@@ -135,6 +161,17 @@ def train_scorer(model, train: PairTensors, config: ScorerTrainingParams, checkp
         if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.steps):
             checkpoints.save(checkpoint_dir, done, model, optimizer, schedule, None, generator, rng, keep_last=1)
     return model.eval(), losses
+
+
+@torch.no_grad()
+def image_scores(model, pairs: PairTensors, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(score of image 0, score of image 1) of every pair: the raw cosine of image and caption, as
+    the ``pickscore`` reward model scores (``rewards.models.ClipReward``) and SmPO smooths with it."""
+    model.eval()
+    scale = float(model.logit_scale.exp())
+    out = torch.cat([pair_logits(model, pairs.take(slice(i, i + batch_size))) / scale
+                     for i in range(0, len(pairs), batch_size)]).numpy().astype(np.float64)
+    return out[:, 0], out[:, 1]
 
 
 @torch.no_grad()

@@ -22,44 +22,27 @@ def _pair_images(pairs, images_dir: Path):
     return [decode_rgb(data[u]) for u in pairs.image_0_uid], [decode_rgb(data[u]) for u in pairs.image_1_uid]
 
 
-def _initial_scorer(reward_model: RewardModelParams):
-    import torch
-    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    from smpo_pipeline.rewards.pickscore_training import build_scorer
-
-    if reward_model.init is not None:  # a CLIP checkpoint to fine-tune, as PickScore fine-tunes CLIP-H
-        return CLIPModel.from_pretrained(reward_model.init), CLIPProcessor.from_pretrained(reward_model.init)
-    torch.manual_seed(reward_model.training.seed)  # the same initial weights every run: the run id is stable
-    return build_scorer(CLIPTokenizer.from_pretrained(reward_model.tokenizer), reward_model.size)
-
-
-def _run_id(tensors, model, reward_model: RewardModelParams) -> str:
-    """A digest of everything the run reads: the preprocessed pairs (pixels, tokens, labels), the
-    initial weights, every training setting and the training code."""
-    from smpo_pipeline.keys import code_digest, digest, module_fingerprint, tensors_digest
-
-    data = tensors_digest(tensors.pixels_0, tensors.pixels_1, tensors.input_ids, tensors.attention_mask, tensors.label_0)
-    return digest(data, module_fingerprint(model), reward_model.training.model_dump(),
-                  code_digest("smpo_pipeline.rewards.pickscore_training"), length=12)
-
-
 def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataParams):
     """PickScore's recipe on the *train* split of the clean pairs: (the model and its processor,
     a summary). A re-run with the same pairs and settings finds its finished run and trains
     nothing; a killed run resumes from its latest checkpoint."""
     from smpo_pipeline.datasets import NotTrained
-    from smpo_pipeline.rewards.pickscore_training import pair_tensors, train_scorer
+    from smpo_pipeline.rewards.pickscore_training import (
+        initial_scorer,
+        pair_tensors,
+        scorer_run_id,
+        train_scorer,
+    )
     from smpo_pipeline.training.checkpoints import latest
 
     if not reward_model.train:
         log.info("reward_model.train is false: no reward model trained")
         return NotTrained("reward_model", "reward_model.train is false"), {"trained": False}
-    model, processor = _initial_scorer(reward_model)
+    model, processor = initial_scorer(reward_model)
     train = clean_pairs[clean_pairs.split == "train"].reset_index(drop=True)
     tensors = pair_tensors(processor, *_pair_images(train, Path(data.work_dir)), train.caption, train.label_0,
                            reward_model.size.max_length)
-    run_id = _run_id(tensors, model, reward_model)
+    run_id = scorer_run_id(tensors, model, reward_model.training)
     checkpoint_dir = Path(reward_model.checkpoint_root) / run_id
     found = latest(checkpoint_dir)
     done = int(found.name.split("-")[1]) if found else 0

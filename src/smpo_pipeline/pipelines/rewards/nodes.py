@@ -54,13 +54,12 @@ def score_pair_images(clean_pairs, reward_model_training: dict, rewards: Rewards
 
 def _normalised_scores(pairs, scores, bounds):
     """(s_0, s_1, r'_0, r'_1, (low, high)) of every pair, by one reward model's scores."""
-    from smpo_pipeline.smoothing import normalise, quantile_bounds
+    from smpo_pipeline.smoothing import normalise, score_bounds
 
     lookup = {(u, c): s for u, c, s in scores[["image_uid", "caption", "score"]].itertuples(index=False)}
     s0 = np.array([lookup[u, c] for u, c in zip(pairs.image_0_uid, pairs.caption, strict=True)])
     s1 = np.array([lookup[u, c] for u, c in zip(pairs.image_1_uid, pairs.caption, strict=True)])
-    low, high = (bounds.low, bounds.high) if bounds.method == "fixed" else quantile_bounds(
-        scores["score"], bounds.lower_quantile, bounds.upper_quantile)
+    low, high = score_bounds(scores["score"], **bounds.model_dump())
     return s0, s1, normalise(s0, low, high), normalise(s1, low, high), (low, high)
 
 
