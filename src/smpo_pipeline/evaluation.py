@@ -39,36 +39,64 @@ def oracle_rewards(model, prompts: list[str], seeds: list[int], protocol, batch_
     return np.array([oracle_reward(i, p) for i, p in zip(images, prompts, strict=True)])
 
 
+class HeldOutDraws:
+    """Held-out pairs (winner and loser by the oracle: ``CachedPairs`` rows) noised once, ``draws``
+    (noise, timestep) draws a pair from ``seed`` alone, with the reference's denoising errors on
+    them: every model is then measured on the same draws, and the reference runs only once.
+
+    ``agreement(policy)``: per pair, the share of draws at which the policy's implicit reward ranks
+    the pair as the oracle does, i.e. it lowers the winner's denoising error, relative to the
+    reference, more than the loser's (Diffusion-DPO's implicit reward, Wallace et al. 2024, eq. 14).
+    A tie counts half, so the reference itself scores ½."""
+
+    def __init__(self, pairs, draws: int, alphas_cumprod, timestep_range, reference, seed: int = 0,
+                 batch_size: int = 64) -> None:
+        import torch
+
+        from smpo_pipeline.training.step import add_noise
+
+        generator = torch.Generator().manual_seed(seed)
+        self.batches = []  # per batch: its conditioning, and per draw (x_t, t, ε)
+        with torch.no_grad():
+            for start in range(0, len(pairs), batch_size):
+                batch = pairs.batch(range(start, min(start + batch_size, len(pairs))))
+                x0 = torch.cat([batch.latents_w, batch.latents_l])
+                cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
+                noised = []
+                for _ in range(draws):
+                    t = torch.randint(*timestep_range, (len(batch),), generator=generator).repeat(2)
+                    noise = torch.randn(batch.latents_w.shape, generator=generator).repeat(2, 1, 1, 1)
+                    noised.append((add_noise(x0, noise, t, alphas_cumprod), t, noise))
+                self.batches.append((cond, noised))
+        self.reference_errors = self._errors(reference)
+
+    def __len__(self) -> int:
+        return sum(len(cond[1]) // 2 for cond, _ in self.batches)
+
+    def _errors(self, unet) -> list:
+        import torch
+
+        from smpo_pipeline.training.step import per_sample_mse
+
+        with torch.no_grad():
+            return [[per_sample_mse(unet, x_t, t, noise, *cond).chunk(2) for x_t, t, noise in noised]
+                    for cond, noised in self.batches]
+
+    def agreement(self, policy) -> np.ndarray:
+        out = []
+        for reference, mine in zip(self.reference_errors, self._errors(policy), strict=True):
+            hits = 0.0
+            for (ref_w, ref_l), (policy_w, policy_l) in zip(reference, mine, strict=True):
+                margin = (ref_w - policy_w) - (ref_l - policy_l)
+                hits = hits + (margin > 0).float() + 0.5 * (margin == 0).float()
+            out.append((hits / len(reference)).numpy())
+        return np.concatenate(out)
+
+
 def implicit_agreement(policy, reference, pairs, draws: int, alphas_cumprod, timestep_range, seed: int = 0,
                        batch_size: int = 64) -> np.ndarray:
-    """Per held-out pair (winner and loser by the oracle: ``CachedPairs`` rows), the share of
-    ``draws`` (noise, timestep) draws at which the policy's implicit reward ranks the pair as the
-    oracle does: it lowers the winner's denoising error, relative to the reference, more than the
-    loser's (Diffusion-DPO's implicit reward, Wallace et al. 2024, eq. 14). A tie counts half, so
-    the reference itself scores ½. The draws come from ``seed`` alone: every model is measured on
-    the same ones."""
-    import torch
-
-    from smpo_pipeline.training.step import add_noise, per_sample_mse
-
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs.batch(range(start, min(start + batch_size, len(pairs))))
-            x0 = torch.cat([batch.latents_w, batch.latents_l])
-            cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
-            hits = torch.zeros(len(batch))
-            for _ in range(draws):
-                t = torch.randint(*timestep_range, (len(batch),), generator=generator).repeat(2)
-                noise = torch.randn(batch.latents_w.shape, generator=generator).repeat(2, 1, 1, 1)
-                x_t = add_noise(x0, noise, t, alphas_cumprod)
-                policy_w, policy_l = per_sample_mse(policy, x_t, t, noise, *cond).chunk(2)
-                ref_w, ref_l = per_sample_mse(reference, x_t, t, noise, *cond).chunk(2)
-                margin = (ref_w - policy_w) - (ref_l - policy_l)
-                hits += (margin > 0).float() + 0.5 * (margin == 0).float()
-            out.append(hits / draws)
-    return torch.cat(out).numpy()
+    """``HeldOutDraws(...).agreement(policy)`` for one policy."""
+    return HeldOutDraws(pairs, draws, alphas_cumprod, timestep_range, reference, seed, batch_size).agreement(policy)
 
 
 def win_rate(a: np.ndarray, b: np.ndarray, groups: np.ndarray, samples: int = 2000, confidence: float = 0.95,

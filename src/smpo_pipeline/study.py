@@ -181,27 +181,26 @@ def finish_cell(records: CellRecords, key: str, record: dict, checkpoint_dir: st
 class Measure:
     """How every model of the study is measured, the same way for all: the mean shapes-oracle
     reward of its images of the test prompts (the evaluation's protocol and seed rule) and its
-    implicit agreement with the oracle on the held-out pairs (``implicit_agreement``)."""
+    implicit agreement with the oracle on the held-out pairs (``evaluation.HeldOutDraws``)."""
 
     def __init__(self, prompts: list[str], seeds: list[int], protocol, batch_size: int, heldout, draws: int,
                  alphas_cumprod, timestep_range, reference_unet) -> None:
+        from smpo_pipeline.evaluation import HeldOutDraws
         from smpo_pipeline.keys import digest, frame_digest
 
         self.prompts, self.seeds, self.protocol, self.batch_size = prompts, seeds, protocol, batch_size
-        self.heldout, self.draws, self.alphas, self.timestep_range = heldout, draws, alphas_cumprod, tuple(timestep_range)
-        self.reference = reference_unet
-        self.key = digest(prompts, seeds, protocol.__dict__, frame_digest(heldout.pairs, ["image_w_uid", "image_l_uid",
-                                                                                         "caption"]),
-                          draws, self.timestep_range, code_digest_of_measures(), length=16)
+        self.heldout = HeldOutDraws(heldout, draws, alphas_cumprod, timestep_range, reference_unet)
+        self.key = digest(prompts, seeds, protocol.__dict__,
+                          frame_digest(heldout.pairs, ["image_w_uid", "image_l_uid", "caption"]), draws,
+                          tuple(timestep_range), code_digest_of_measures(), length=16)
 
     def __call__(self, base_model, unet) -> dict:
-        from smpo_pipeline.evaluation import implicit_agreement, oracle_rewards
+        from smpo_pipeline.evaluation import oracle_rewards
 
         pipe = type(base_model)(**{**base_model.components, "unet": unet})
         rewards = oracle_rewards(pipe, self.prompts, self.seeds, self.protocol, self.batch_size, progress=False)
-        agreement = implicit_agreement(unet, self.reference, self.heldout, self.draws, self.alphas, self.timestep_range)
         return {"test_rewards": [round(float(r), 6) for r in rewards],
-                "heldout_agreement": [round(float(a), 4) for a in agreement]}
+                "heldout_agreement": [round(float(a), 4) for a in self.heldout.agreement(unet)]}
 
 
 def code_digest_of_measures() -> str:
@@ -248,7 +247,8 @@ def run_grid(study: StudyParams, tables: dict, measure: Measure, base_model, cac
             trained += 1
         cells.append(record | {"key": key})
     log.info("study: %d cells, %d trained now, %d reused", len(cells), trained, len(cells) - trained)
-    return {"base": base | {"key": base_key}, "cells": cells, "trained_now": trained, "reused": len(cells) - trained}
+    return {"base": base | {"key": base_key}, "cells": cells, "trained_now": trained, "reused": len(cells) - trained,
+            "heldout_pairs": len(measure.heldout)}
 
 
 def summarize_grid(grid_report: dict, levels: list[dict], study: StudyParams) -> dict:
@@ -290,5 +290,6 @@ def summarize_grid(grid_report: dict, levels: list[dict], study: StudyParams) ->
                 row["arms"][arm]["gain_over_dpo"] = interval(values[:, None, :] - rewards["dpo"][None, :, :], 0)
         rows.append(row)
     return {"arms": list(study.arms), "seeds": list(study.seeds), "test_images": len(images), "test_prompts": len(base),
+            "heldout_pairs": grid_report.get("heldout_pairs"),
             "base_mean_reward": round(float(base.mean()), 5), "cells": len(grid_report["cells"]),
             "trained_now": grid_report["trained_now"], "levels": rows}
