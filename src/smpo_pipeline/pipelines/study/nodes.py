@@ -227,7 +227,9 @@ def plot_study(study: dict):
                 title=f"Test prompts ({study['test_images']} images a model, {seeds} seeds)")
     axes[1].set(xlabel="labels' agreement with the oracle", ylabel="implicit reward ranks the pair as the oracle",
                 title="Held-out pairs (validation split)")
+    ticks = [f"{a:.0%}\nd = {row['level']:g}" for a, row in zip(x, study["levels"], strict=True)]
     for ax in axes:
+        ax.set_xticks(x, ticks)
         ax.invert_xaxis()  # left to right: the annotators disagree more
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
