@@ -254,7 +254,7 @@ def run_grid(study: StudyParams, tables: dict, measure: Measure, base_model, cac
 def summarize_grid(grid_report: dict, levels: list[dict], study: StudyParams) -> dict:
     """Per level (its measured label agreement) and arm: the gain over the base in mean test
     reward and the held-out implicit agreement, each with a 95 % interval that resamples prompts
-    (pairs) and training seeds (``evaluation.hierarchical_bootstrap``), and every arm against DPO."""
+    (pairs) and training seeds (``evaluation.hierarchical_bootstrap``), and both against DPO's."""
     from smpo_pipeline.evaluation import hierarchical_bootstrap
 
     e = study.evaluation
@@ -287,7 +287,10 @@ def summarize_grid(grid_report: dict, levels: list[dict], study: StudyParams) ->
                 "heldout_agreement": interval(agreement[:, None, :], 0),
                 "train_seconds": round(float(np.mean([r["train_seconds"] for r in cells])), 1)}
             if arm != "dpo" and "dpo" in rewards:
+                dpo_agreement = np.array([r["heldout_agreement"] for r in cells_of["dpo"]])
                 row["arms"][arm]["gain_over_dpo"] = interval(values[:, None, :] - rewards["dpo"][None, :, :], 0)
+                row["arms"][arm]["heldout_agreement_over_dpo"] = interval(
+                    agreement[:, None, :] - dpo_agreement[None, :, :], 0)
         rows.append(row)
     return {"arms": list(study.arms), "seeds": list(study.seeds), "test_images": len(images), "test_prompts": len(base),
             "heldout_pairs": grid_report.get("heldout_pairs"),

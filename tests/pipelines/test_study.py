@@ -93,7 +93,7 @@ def test_the_study_labels_again_trains_its_grid_resumes_after_kill_9_and_widens_
         for arm, v in row["arms"].items():
             assert v["gain"]["ci_low"] <= v["gain"]["estimate"] <= v["gain"]["ci_high"]
             assert 0 <= v["heldout_agreement"]["estimate"] <= 1
-            assert ("gain_over_dpo" in v) == (arm != "dpo")
+            assert ("gain_over_dpo" in v) == ("heldout_agreement_over_dpo" in v) == (arm != "dpo")
     assert "| SmPO, shapes-oracle |" in (trained_project / "reports/study.md").read_text()
     for figure in ("study.png", "study_levels.png"):
         assert (trained_project / "reports/figures" / figure).stat().st_size > 5_000

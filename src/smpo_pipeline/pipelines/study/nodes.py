@@ -184,19 +184,25 @@ def summarize_study(study_cells: dict, study_levels: dict, study: StudyParams) -
 
 
 def _markdown(report: dict) -> str:
-    ci = lambda v, pct=False: (f"{100 * v['estimate']:.1f} % [{100 * v['ci_low']:.1f}, {100 * v['ci_high']:.1f}]"  # noqa: E731
-                               if pct else f"{v['estimate']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]")
+    def ci(v: dict, unit: str = "reward") -> str:
+        if unit == "share":
+            return f"{100 * v['estimate']:.1f} % [{100 * v['ci_low']:.1f}, {100 * v['ci_high']:.1f}]"
+        if unit == "points":
+            return f"{100 * v['estimate']:+.1f} pts [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]"
+        return f"{v['estimate']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+
     lines = [f"# The disagreement study: {len(report['seeds'])} training seeds per cell, {report['test_images']} "
              f"test images per model (base mean oracle reward {report['base_mean_reward']:.3f})", "",
              "| level d | labels agree with the oracle | level's reward model agrees with the oracle | arm "
-             "| gain over the base | gain over DPO | held-out implicit agreement with the oracle |",
-             "| ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+             "| gain over the base | gain over DPO | held-out implicit agreement with the oracle | … over DPO's |",
+             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for row in report["levels"]:
         rm = row.get("reward_model", {}).get("oracle_agreement")
         for arm, v in row["arms"].items():
             lines.append(f"| {row['level']:g} | {100 * row['oracle_agreement']:.1f} % | "
                          f"{'' if rm is None else f'{100 * rm:.1f} %'} | {ARM_LABELS[arm]} | {ci(v['gain'])} | "
-                         f"{ci(v['gain_over_dpo']) if 'gain_over_dpo' in v else ''} | {ci(v['heldout_agreement'], True)} |")
+                         f"{ci(v['gain_over_dpo']) if 'gain_over_dpo' in v else ''} | {ci(v['heldout_agreement'], 'share')} | "
+                         f"{ci(v['heldout_agreement_over_dpo'], 'points') if 'gain_over_dpo' in v else ''} |")
     lines += ["", "Intervals: 95 %, resampling the test prompts (held-out pairs) and the training seeds."]
     return "\n".join(lines) + "\n"
 
