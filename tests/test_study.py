@@ -114,6 +114,7 @@ def test_the_summary_reports_each_arm_s_gain_with_a_band_over_prompts_and_seeds(
     assert "gain_over_dpo" not in arms["dpo"] and arms["dpo"]["seeds"] == [0, 1, 2]
     assert arms["dpo"]["win_rate"]["estimate"] == 1.0 and arms["dpo"]["heldout_agreement"]["estimate"] == 0.6
     assert arms["smpo-oracle"]["heldout_agreement_over_dpo"]["estimate"] == pytest.approx(0.0)
+    assert steady["metrics"]["d050"]["smpo-learned"]["gain_over_dpo"] == pytest.approx(0.03, abs=1e-5)
     # Seeds that disagree widen the band even though every prompt moves alike within a seed.
     spread = summarize_grid(_records({"dpo": [-0.03, 0.02, 0.07], "smpo-learned": [0.05] * 3,
                                       "smpo-oracle": [0.05] * 3}, base), level, study)

@@ -292,7 +292,12 @@ def summarize_grid(grid_report: dict, levels: list[dict], study: StudyParams) ->
                 row["arms"][arm]["heldout_agreement_over_dpo"] = interval(
                     agreement[:, None, :] - dpo_agreement[None, :, :], 0)
         rows.append(row)
-    return {"arms": list(study.arms), "seeds": list(study.seeds), "test_images": len(images), "test_prompts": len(base),
+    # The estimates again as a flat mapping (level d as d000 … d100), which `dvc metrics show/diff` lists.
+    metrics = {f"d{round(100 * row['level']):03d}": {arm: {name: v[name]["estimate"] for name in (
+        "gain", "heldout_agreement", "gain_over_dpo", "heldout_agreement_over_dpo") if name in v}
+        for arm, v in row["arms"].items()} for row in rows}
+    return {"metrics": metrics, "arms": list(study.arms), "seeds": list(study.seeds), "test_images": len(images),
+            "test_prompts": len(base),
             "heldout_pairs": grid_report.get("heldout_pairs"),
             "base_mean_reward": round(float(base.mean()), 5), "cells": len(grid_report["cells"]),
             "trained_now": grid_report["trained_now"], "levels": rows}
