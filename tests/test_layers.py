@@ -92,3 +92,12 @@ def test_the_layer_check_would_catch_an_upward_import():
         == ["smpo_pipeline.world.probe -> smpo_pipeline.pipelines.train.nodes"]
     assert _upward({"smpo_pipeline.models.probe": {"smpo_pipeline.world.render"}}) != []
     assert _upward({"smpo_pipeline.training.probe": {"smpo_pipeline.models.sampling"}}) == []
+
+
+def test_no_function_in_the_package_is_longer_than_60_lines():
+    import ast
+
+    long = [f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in SRC.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    assert not long, "functions a reader cannot hold in their head:\n" + "\n".join(long)
