@@ -79,7 +79,8 @@ def level_reward_model(pairs, images: dict, reward_model: RewardModelParams, tra
     """A PickScore-style reward model learned from the train split of one level's ``pairs``
     (``rewards.pickscore_training``, the ``reward_model`` pipeline's recipe with ``training``), its
     raw scores of both images of every pair, and its held-out agreement with the level's labels
-    and with the oracle. Its checkpoints live under its run id, so a finished one is reused."""
+    and with the oracle. Its checkpoints (every ``reward_model.checkpoint_every`` steps) live under its
+    run id: a finished one is reused, a killed one resumes."""
     from smpo_pipeline.rewards.pickscore_training import (
         image_scores,
         initial_scorer,
@@ -96,7 +97,8 @@ def level_reward_model(pairs, images: dict, reward_model: RewardModelParams, tra
     train = pairs[pairs.split == "train"].reset_index(drop=True)
     tensors = tensor(train)
     run_id = scorer_run_id(tensors, model, training)
-    model, _ = train_scorer(model, tensors, training, checkpoint_root / run_id, training.steps, progress=False)
+    model, _ = train_scorer(model, tensors, training, checkpoint_root / run_id, reward_model.checkpoint_every,
+                            progress=False)
     s0, s1 = image_scores(model, tensor(pairs))
     return {"run_id": run_id, "score_0": s0, "score_1": s1}
 
