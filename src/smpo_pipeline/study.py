@@ -140,7 +140,7 @@ def prepare_run(arm: Arm, table, seed: int, base_model, cache_report: dict, trai
     run_id = run_key(description)
     config = replace(config, checkpoint_dir=str(checkpoint_root / arm.objective / run_id),
                      checkpoint_every=train.checkpoint_every, keep_last=1)
-    return run | {"config": config, "run_id": run_id, "description": description}
+    return run | {"config": config, "run_id": run_id}
 
 
 def train_run(run: dict, base_model) -> tuple[object, float]:

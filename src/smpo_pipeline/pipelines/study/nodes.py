@@ -26,7 +26,6 @@ def relabel_at_each_level(clean_pairs, study: StudyParams, data: DataParams):
     level's annotators: (the labels, one row per pair and level; a report of each level's measured
     agreement with the shapes-oracle and with the shipped labels). The images and the pairs are the
     chain's own; only who judges them changes."""
-    import numpy as np
     import pandas as pd
 
     from smpo_pipeline.ingest.images import decode_rgb, pair_image_bytes
@@ -82,14 +81,18 @@ def plot_label_agreement(study_levels: dict):
     return fig
 
 
-def _oracle_scores(pairs, reward_scores, rewards: RewardsParams):
-    """(s_0, s_1) of every pair by the reference reward model (the shapes-oracle) as the rewards
+def _oracle_lookup(reward_scores, rewards: RewardsParams) -> dict:
+    """(image uid, caption) → the reference reward model's score (the shapes-oracle), as the rewards
     pipeline scored it."""
     if rewards.reference is None:
         raise ValueError("the study's smpo-oracle and dpo arms read the reference reward model's scores: "
                          "set rewards.reference (the shapes-oracle) and re-run `kedro run --pipeline rewards`")
     ref = reward_scores[reward_scores.role == "reference"]
-    lookup = {(u, c): s for u, c, s in ref[["image_uid", "caption", "score"]].itertuples(index=False)}
+    return {(u, c): s for u, c, s in ref[["image_uid", "caption", "score"]].itertuples(index=False)}
+
+
+def _oracle_scores(pairs, lookup: dict):
+    """(s_0, s_1) of every pair by the shapes-oracle."""
     return tuple(np.array([lookup[u, c] for u, c in zip(pairs[f"image_{k}_uid"], pairs.caption, strict=True)])
                  for k in (0, 1))
 
@@ -145,14 +148,15 @@ def train_and_measure_cells(study_labels, clean_pairs, reward_scores, base_model
     from smpo_pipeline.study import ARMS, held_out_agreement, level_reward_model, pairs_at_level, run_grid
 
     train = study.train_params(train)
-    oracle = _oracle_scores(clean_pairs, reward_scores, rewards)
+    lookup = _oracle_lookup(reward_scores, rewards)
+    oracle = _oracle_scores(clean_pairs, lookup)
     learned = any(ARMS[arm].scored_by == "learned" for arm in study.arms)
     images = ({uid: decode_rgb(raw) for uid, raw in pair_image_bytes(clean_pairs, Path(data.work_dir)).items()}
               if learned else {})
     tables, reward_models = {}, {}
     for level in study.levels:
         pairs = pairs_at_level(clean_pairs, study_labels, level, data.drop_ties)
-        o0, o1 = _oracle_scores(pairs, reward_scores, rewards)
+        o0, o1 = _oracle_scores(pairs, lookup)
         tables[level] = {"oracle": _table(pairs, o0, o1, rewards.reference.bounds, rewards)}
         if learned:
             found = level_reward_model(pairs, images, reward_model, study.reward_model,
