@@ -6,14 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
+# uv resolves and installs the rest from PyPI in seconds where pip takes minutes; it keeps the torch
+# pip installed (constraints.txt pins the same version), so it never fetches another build.
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt
 
 .PHONY: install run test clean-data
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: a CPU wheel of this exact version is what every later step reuses.
-	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test]"
+	# torch first, pinned, by pip: a CPU wheel of this exact version lies in pip's configured wheel
+	# directory on CI machines (uv does not look there), and every later step reuses it.
+	$(PIP) torch==2.13.0 uv==0.13.8
+	$(UV) -e ".[test]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -25,5 +29,6 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# Everything the chain produced under data/ (git ignores it), never the raw inputs git ships.
 clean-data:
-	rm -rf data/01_raw/* data/02_intermediate/* data/06_models/* reports/*.json
+	git clean -fdX -- data/
