@@ -31,6 +31,8 @@ def test_shipped_parameters_are_valid():
         ({"nonsense": 1}, "nonsense: unknown parameter"),
         ({"train": {"pair_order": {"dpo": "human"}}}, "train.pair_order.dpo: Input should be 'reward' or 'label'"),
         ({"rewards": {"order_by": "label"}}, "rewards.order_by: unknown parameter"),
+        ({"train": {"dro": {"states_per_step": 128, "buffer_size": 64}}},
+         "train.dro: Value error, states_per_step (128) exceeds buffer_size (64)"),
     ],
 )
 def test_an_invalid_key_is_named(patch, message):

@@ -125,10 +125,18 @@ def _train(tiny_pipeline_dir, tmp_path, objective="dpo", **options):
 
 
 def test_dro_trains_the_policy_from_expert_images_and_its_own_samples(tiny_pipeline_dir, tmp_path):
-    pipe, policy, records = _train(tiny_pipeline_dir, tmp_path, "dro")
+    from safetensors.torch import load_file
+
+    from smpo_pipeline.training.config import DROConfig
+
+    # One new policy state before each step (train.dro.states_per_step), not one per batch row (2).
+    pipe, policy, records = _train(tiny_pipeline_dir, tmp_path, "dro", checkpoint_dir=str(tmp_path / "ckpt"),
+                                   checkpoint_every=3, dro=DROConfig(states_per_step=1, buffer_size=8))
     assert len(records) == 3 and {"loss", "active_share", "implicit_accuracy"} <= set(records[0])
     assert records[0]["loss"] == pytest.approx(0.001, abs=1e-6)  # the first step: θ = ref, hinge = margin
     assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), policy.state_dict().values(), strict=True))
+    buffer = load_file(tmp_path / "ckpt/step-0000003/extra-rank0.safetensors")
+    assert len(buffer["rows"]) == len(buffer["timesteps"]) == 3  # 3 steps × 1 state
 
 
 def test_expert_pool_takes_winners_or_the_top_k_images_by_reward():

@@ -270,9 +270,19 @@ class DROParams(_Section):
     top_k: PositiveInt | None = None  # with experts: top_k (None: every image, ranked)
     refresh_every: PositiveInt = 1  # M: optimiser steps between refreshes of the sampling network (official 1)
     buffer_size: PositiveInt = 64  # policy states kept in the replay buffer
+    # New policy states sampled into the buffer before each step (None: batch_size, one per row a
+    # step trains on). Fewer cost less sampling; each state then serves more steps before it leaves.
+    states_per_step: PositiveInt | None = None
     sampler_steps: PositiveInt = 20  # DPM-Solver++ (official 20)
     sampler_guidance: float = Field(1.0, ge=1.0)  # official 1.0
     jitter: bool = True  # per-sample shifted timestep grids
+
+    @model_validator(mode="after")
+    def _states_fit_the_buffer(self) -> DROParams:
+        if self.states_per_step is not None and self.states_per_step > self.buffer_size:
+            raise ValueError(f"states_per_step ({self.states_per_step}) exceeds buffer_size ({self.buffer_size}): "
+                             "states sampled before a step would leave the buffer before it could draw them")
+        return self
 
 
 class LoRAParams(_Section):

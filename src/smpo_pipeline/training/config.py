@@ -17,7 +17,8 @@ from smpo_pipeline.training.replay import SamplerConfig
 class DROConfig:
     margin: float = 0.001  # official
     refresh_every: int = 1  # M: the sampling network is the policy of M steps ago at most (official 1)
-    buffer_size: int = 64  # policy states kept; each refresh adds batch_size of them
+    buffer_size: int = 64  # policy states kept
+    states_per_step: int | None = None  # new states sampled before each step (None: batch_size)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:

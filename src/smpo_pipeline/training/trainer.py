@@ -69,8 +69,8 @@ class PairLoss:
 
 class DROLoss:
     """Diffusion-DRO: expert images (offline half) against policy states from the replay buffer
-    (online half). Before each step the buffer gets ``batch_size`` states sampled by the policy, or
-    by its copy of at most ``refresh_every`` steps ago (M > 1)."""
+    (online half). Before each step the buffer gets ``dro.states_per_step`` states (default
+    ``batch_size``) sampled by the policy, or by its copy of at most ``refresh_every`` steps ago (M > 1)."""
 
     def __init__(self, experts: CachedExperts, config: TrainConfig, schedule: dict, template) -> None:
         self.experts, self.config, self.schedule = experts, config, schedule
@@ -89,7 +89,8 @@ class DROLoss:
                 state = engine.full_state()
             self.load_state({}, state)
         net = self.sampler_net if self.sampler_net is not None else engine.policy
-        rows = rng.choice(len(self.experts), c.batch_size, replace=len(self.experts) < c.batch_size)
+        n = c.dro.states_per_step or c.batch_size
+        rows = rng.choice(len(self.experts), n, replace=len(self.experts) < n)
         embeds, pooled, time_ids = self.experts.conditioning(self.experts.pairs.caption.iloc[rows])
         was_training = engine.policy.training
         engine.policy.eval()
