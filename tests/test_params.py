@@ -47,3 +47,18 @@ def test_an_invalid_key_is_named(patch, message):
 def test_an_objective_the_pair_order_leaves_out_keeps_its_official_order():
     train = validate_parameters(_base_parameters() | {"train": {"pair_order": {"smpo": "label"}}}).train
     assert [train.order_for(o) for o in ("dpo", "smpo", "dro")] == ["label", "label", "reward"]
+
+
+def test_a_list_given_to_kedro_run_params_with_spaces_is_read_as_the_list():
+    """`kedro run --params` splits its argument on every comma, so a list there is written
+    `train.seeds=[0 1 2]`; parsed by Kedro's own option parser, it must validate as [0, 1, 2], not
+    fail or become one seed."""
+    from kedro.framework.cli.utils import _split_params
+
+    params = _base_parameters()
+    override = _split_params(None, None, "train.seeds=[0 1 2],train.objectives=[dpo smpo],study.levels=[0 0.5]")
+    params["train"] |= override["train"]
+    params["study"] |= override["study"]
+    parsed = validate_parameters(params)
+    assert parsed.train.seeds == (0, 1, 2) and parsed.train.objectives == ("dpo", "smpo")
+    assert parsed.study.levels == [0.0, 0.5]

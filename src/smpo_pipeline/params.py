@@ -23,6 +23,17 @@ from pydantic import (
 NonNegativeInt = Field(ge=0)
 
 
+def _split_words(value: Any) -> Any:
+    """A list given on the command line: ``kedro run --params`` splits its argument on every comma,
+    so a list there is written with spaces (``train.seeds=[0 1 2]``), which OmegaConf reads as one
+    string (``["0 1 2"]``). Split such strings into the list's items; anything else is left as is."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list | tuple):
+        return [word for item in value for word in (item.split() if isinstance(item, str) else [item])]
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -345,6 +356,8 @@ class TrainParams(_Section):
     keep_last: PositiveInt = 2
     evaluation: TrainEvaluationParams = TrainEvaluationParams()
 
+    _cli_lists = field_validator("objectives", "seeds", mode="before")(_split_words)
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
         if isinstance(self.learning_rate, dict) and (missing := set(self.objectives) - set(self.learning_rate)):
@@ -488,6 +501,8 @@ class StudyParams(_Section):
     evaluation: StudyEvaluationParams = StudyEvaluationParams()
     root: str = "data/07_model_output/study"  # each cell's record, under its key: a re-run trains only what is missing
     checkpoint_root: str = "data/06_models/study_checkpoints"  # cells and reward models while they train
+
+    _cli_lists = field_validator("levels", "arms", "seeds", mode="before")(_split_words)
 
     @field_validator("arms", "seeds")
     @classmethod
