@@ -56,9 +56,11 @@ def test_a_list_given_to_kedro_run_params_with_spaces_is_read_as_the_list():
     from kedro.framework.cli.utils import _split_params
 
     params = _base_parameters()
-    override = _split_params(None, None, "train.seeds=[0 1 2],train.objectives=[dpo smpo],study.levels=[0 0.5]")
+    override = _split_params(None, None, "train.seeds=[0 1 2],train.objectives=[dpo smpo],"
+                                         "train.timestep_range=[300 1000],study.levels=[0 0.5]")
     params["train"] |= override["train"]
     params["study"] |= override["study"]
     parsed = validate_parameters(params)
     assert parsed.train.seeds == (0, 1, 2) and parsed.train.objectives == ("dpo", "smpo")
+    assert parsed.train.timestep_range == (300, 1000)
     assert parsed.study.levels == [0.0, 0.5]

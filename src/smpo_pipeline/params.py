@@ -7,7 +7,7 @@ errors, so a typo cannot silently fall back to a default. ``validate_parameters`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import (
     BaseModel,
@@ -36,6 +36,15 @@ def _split_words(value: Any) -> Any:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_from_the_command_line(cls, data: Any) -> Any:
+        """Every list- or tuple-valued field reads the space form of ``kedro run --params``."""
+        if not isinstance(data, dict):
+            return data
+        lists = {name for name, f in cls.model_fields.items() if get_origin(f.annotation) in (list, tuple)}
+        return {k: _split_words(v) if k in lists else v for k, v in data.items()}
 
 
 class RuntimeParams(_Section):
@@ -356,8 +365,6 @@ class TrainParams(_Section):
     keep_last: PositiveInt = 2
     evaluation: TrainEvaluationParams = TrainEvaluationParams()
 
-    _cli_lists = field_validator("objectives", "seeds", mode="before")(_split_words)
-
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
         if isinstance(self.learning_rate, dict) and (missing := set(self.objectives) - set(self.learning_rate)):
@@ -501,8 +508,6 @@ class StudyParams(_Section):
     evaluation: StudyEvaluationParams = StudyEvaluationParams()
     root: str = "data/07_model_output/study"  # each cell's record, under its key: a re-run trains only what is missing
     checkpoint_root: str = "data/06_models/study_checkpoints"  # cells and reward models while they train
-
-    _cli_lists = field_validator("levels", "arms", "seeds", mode="before")(_split_words)
 
     @field_validator("arms", "seeds")
     @classmethod
