@@ -51,6 +51,35 @@ def tiny_pipeline_dir(tmp_path_factory, grammar_tokenizer) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def stock_diffusers(tmp_path_factory):
+    """``load(path, prompt=None, steps=2, guidance_scale=5.0) -> dict``: the pipeline at ``path``
+    loaded (and, given a prompt, sampled) by stock diffusers in a process of its own that imports
+    nothing of ours (``tests/stock_diffusers_worker.py``), started once for every test."""
+    import json
+    import subprocess
+    import sys
+
+    log = tmp_path_factory.mktemp("stock_diffusers") / "stderr.txt"
+    with log.open("w") as stderr:  # a file, not a pipe: warnings never fill a buffer and block the worker
+        worker = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stock_diffusers_worker.py"))],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                  env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+    def load(path, prompt: str | None = None, steps: int = 2, guidance_scale: float = 5.0) -> dict:
+        request = {"path": str(path), "prompt": prompt, "steps": steps, "guidance_scale": guidance_scale}
+        worker.stdin.write(json.dumps(request) + "\n")
+        worker.stdin.flush()
+        answer = worker.stdout.readline()
+        if not answer:
+            raise AssertionError(f"stock diffusers failed on {path}:\n{log.read_text()[-2000:]}")
+        return json.loads(answer)
+
+    yield load
+    worker.stdin.close()
+    worker.wait(timeout=60)
+
+
 @pytest.fixture()
 def broken_shard(tmp_path) -> tuple[Path, list[dict]]:
     """One shard holding a valid row for every awkward-but-fine case and a row for every broken one.

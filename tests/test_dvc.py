@@ -1,8 +1,9 @@
 """DVC on a copy of the repository at reduced size, whose working tree holds the outputs of the
 reduced chain the Kedro tests ran (``trained_project``): recorded as the stages' results they are up
 to date, a forced re-run of a stage by DVC reproduces its outputs, a touched module marks only the
-stages that read it, a β change (through `dvc exp run -S`) re-runs only train and evaluate, and a
-local remote restores the models and checkpoints in a fresh clone (`dvc push` / `dvc pull`)."""
+stages that read it, a β change marks only train, an evaluation setting changed through `dvc exp run
+-S` re-runs only evaluate, and a local remote restores the models and checkpoints in a fresh clone
+(`dvc push` / `dvc pull`)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def repo(tmp_path_factory, trained_project):
 
 
 @pytest.mark.slow
-def test_dvc_records_the_chain_reruns_a_stage_identically_and_then_only_what_beta_changes(repo, tmp_path):
+def test_dvc_records_the_chain_reruns_a_stage_identically_and_then_only_what_a_parameter_changes(repo, tmp_path):
     # Record the chain's outputs as the stages' results (what `dvc repro` would have written).
     _sh(repo, "dvc", "commit", "--force")
     again = _sh(repo, "dvc", "repro")
@@ -90,9 +91,20 @@ def test_dvc_records_the_chain_reruns_a_stage_identically_and_then_only_what_bet
     status = _sh(repo, "dvc", "status")
     assert "train:" in status and "evaluate:" in status and "data:" not in status, status
     module.write_text(original)
+    # So does a parameter: β is train's alone (evaluate follows train's outputs through the DAG).
+    train_params = repo / "conf/base/parameters_train.yml"
+    original = train_params.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["beta"]["dpo"] = 2500.0
+    train_params.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _sh(repo, "dvc", "status")
+    assert "train:" in status and "evaluate:" not in status and "cache:" not in status, status
+    train_params.write_text(original)
 
-    changed = _sh(repo, "dvc", "exp", "run", "-S", "conf/base/parameters_train.yml:train.beta.dpo=2500")
-    assert _ran(changed) == ["train", "evaluate"], changed[-3000:]
+    # An experiment through DVC: an evaluation setting re-runs the evaluate stage, and nothing else.
+    # (A β experiment would also retrain: the same mechanism, at the cost of a training run.)
+    changed = _sh(repo, "dvc", "exp", "run", "-S", "conf/base/parameters_evaluate.yml:evaluation.grid.prompts=2")
+    assert _ran(changed) == ["evaluate"], changed[-3000:]
 
     clone = tmp_path / "clone"
     _sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
