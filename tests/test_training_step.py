@@ -11,6 +11,7 @@ from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.runtime import environment_without_process_group
 from smpo_pipeline.training.step import PairBatch, noisy_inputs, preference_loss
+from tests.conftest import PROJECT_ROOT
 
 
 def training_set(tiny_pipeline_dir, root, n=4, probs=(0.9, 0.7, 0.6, 0.8)):
@@ -210,52 +211,26 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
     assert policy.dtype == torch.float32
 
 
-RESUMABLE_RUN = """
-import json, os, signal, sys
-from pathlib import Path
-import pandas as pd
-from smpo_pipeline.runtime import apply_project_environment; apply_project_environment()
-from diffusers import DDPMScheduler, StableDiffusionXLPipeline
-from smpo_pipeline.inversion import InversionConfig
-from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
-from smpo_pipeline.training.config import DROConfig, TrainConfig
-from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
-from smpo_pipeline.training.trainer import train_preference
-from smpo_pipeline.training.cache import CacheReader, Fingerprints
-model, cache, pairs, ckpt, log_file, kill_at, objective = sys.argv[1:]
-pipe = StableDiffusionXLPipeline.from_pretrained(model)
-inv = InversionConfig(num_steps=5, renoise_iterations=1)
-reader, prints = CacheReader(Path(cache)), Fingerprints.of(pipe, inv)
-data = CachedPairs(pd.read_parquet(pairs), reader, prints, True)
-experts = CachedExperts(expert_pool(pd.read_parquet(pairs)), reader, prints)
-# DRO: a sampling network refreshed every 3 steps and a buffer of 3 states: both must be restored.
-config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, forward_noise="cached", steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=1, grad_clip=1.0, caption_dropout=0.5, seed=0, checkpoint_dir=ckpt, checkpoint_every=2, keep_last=2,
-                     dro=DROConfig(refresh_every=3, buffer_size=3))
-def log(step, record):
-    with open(log_file, "a") as f:
-        f.write(json.dumps({"step": step, "loss": record["loss"]}) + "\\n")
-    if step == int(kill_at):
-        os.kill(os.getpid(), signal.SIGKILL)   # kill -9 in the middle of the run
-train_preference(pipe.unet, data, config, inv, NOISE_SCHEDULE, log, experts)
-"""
-
-
 # Plain-torch resume is exercised here by DRO (which also restores its buffer and sampler); ZeRO's by
 # tests/pipelines/test_train.py, whose two ranks resume from the checkpoint a killed run would leave.
 def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_dir, tmp_path):
     import json
     import subprocess
     import sys
-    import textwrap
+
+    from tests.resumable_run import run
 
     training_set(tiny_pipeline_dir, tmp_path)
 
+    def args(name, kill_at):
+        return [str(tiny_pipeline_dir), str(tmp_path / "cache"), str(tmp_path / "pairs.parquet"), str(tmp_path / name),
+                str(tmp_path / f"{name}.jsonl"), kill_at]
+
     def start(name, kill_at):
-        args = [str(tiny_pipeline_dir), str(tmp_path / "cache"), str(tmp_path / "pairs.parquet"), str(tmp_path / name),
-                str(tmp_path / f"{name}.jsonl"), str(kill_at), "dro"]
         # A fresh process group of its own: not the one earlier in-process DeepSpeed tests left here.
         with (tmp_path / f"{name}.stderr").open("a") as stderr:
-            return subprocess.Popen([sys.executable, "-c", textwrap.dedent(RESUMABLE_RUN), *args], stderr=stderr,
+            return subprocess.Popen([sys.executable, "-m", "tests.resumable_run", *map(str, args(name, kill_at))],
+                                    stderr=stderr, cwd=PROJECT_ROOT,
                                     env=environment_without_process_group() | {"OMP_NUM_THREADS": "1"})
 
     def tail(name):
@@ -269,8 +244,14 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tiny_pipeline_
     assert straight.wait(timeout=600) == 0, tail("straight")
     assert killed.wait(timeout=600) == -9, tail("killed")
     assert sorted(p.name for p in (tmp_path / "killed").glob("step-*")) == ["step-0000002", "step-0000004"]
-    resumed = start("killed", -1)
-    assert resumed.wait(timeout=600) == 0, tail("killed")
+    # Resumed by another process (this one, on one thread like the others): only the checkpoint
+    # carries the run's state across.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(*args("killed", -1))
+    finally:
+        torch.set_num_threads(threads)
     straight, interrupted = losses("straight"), losses("killed")
     assert [r["step"] for r in interrupted] == [0, 1, 2, 3, 4, 4, 5]  # step 4 ran, was lost with the kill, ran again
     by_step = {r["step"]: r["loss"] for r in straight}
