@@ -18,11 +18,11 @@ import pytest
 from smpo_pipeline.runtime import environment_without_process_group
 from tests.conftest import CHAIN, run_kedro
 
-# A 2-level × 1-seed grid at reduced size: every cell trains 4 steps and is measured on 4 test
+# A 2-level × 1-seed grid at reduced size: every cell trains 2 steps and is measured on 4 test
 # prompts and 16 held-out pairs.
 STUDY = CHAIN | {"study": {
     "levels": [0.0, 1.0], "seeds": [0],
-    "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "deepspeed_config": None},
+    "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 1, "deepspeed_config": None},
     "reward_model": {"steps": 10, "batch_size": 16, "warmup_steps": 2},
     "evaluation": {"max_prompts": 4, "heldout_pairs": 16, "heldout_draws": 1, "bootstrap_samples": 200}}}
 
@@ -81,7 +81,7 @@ def test_the_study_labels_again_trains_its_grid_resumes_after_kill_9_and_widens_
     validation = int((clean.split == "validation").sum())  # all ordered by the oracle: distinct renders
     assert cells["heldout_pairs"] == min(16, validation) > 0
     assert all(len(c["test_rewards"]) == 4 and len(c["heldout_agreement"]) == cells["heldout_pairs"]
-               and c["steps"] == 4 for c in cells["cells"])
+               and c["steps"] == 2 for c in cells["cells"])
     # At each level, DPO reads the level's labels; SmPO-oracle the same pairs ordered by the oracle.
     runs = {(c["level"], c["arm"]): c["run_id"] for c in cells["cells"]}
     assert len(set(runs.values())) == 6
