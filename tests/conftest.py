@@ -144,7 +144,7 @@ def run_kedro(project: Path, pipelines: list[str], runtime_params: dict | None =
 REDUCED = {
     "world": {"max_train_prompts": 12},
     "base_model": {
-        "vae": {"steps": 3, "batch_size": 16},
+        "vae": {"steps": 3, "batch_size": 16, "held_out_renders": 32},
         "unet": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "renders_per_prompt": 1, "curve_every": 3},
         "evaluation": {"steps": 2},
         "evaluation_seeds_per_prompt": 1,
@@ -156,7 +156,7 @@ REDUCED = {
 CHAIN = REDUCED | {
     "cache": {"batch_size": 8, "trajectories": True, "inversion": {"num_steps": 5}},
     "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "forward_noise": "cached", "seeds": [0, 1],
-              "evaluation": {"steps": 2, "seeds_per_prompt": 1, "max_prompts": 16}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
+              "evaluation": {"steps": 2, "seeds_per_prompt": 1, "max_prompts": 16, "curve_prompts": 4}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
     "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
                    "grid": {"prompts": 3}},
 }

@@ -82,6 +82,7 @@ class VAETrainingParams(_Section):
     learning_rate: PositiveFloat = 1e-3
     kl_weight: float = Field(1e-6, ge=0)
     cosine_decay: bool = False  # anneal the LR to 0: a sharper round trip for the same steps
+    held_out_renders: PositiveInt = 256  # fresh renders the reported PSNR and the scaling factor are measured on
 
 
 class UNetTrainingParams(_Section):

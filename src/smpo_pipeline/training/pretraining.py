@@ -41,11 +41,13 @@ def train_vae(
     kl_weight: float,
     seed: int,
     cosine_decay: bool = False,
+    held_out: int = 256,
 ) -> VAEResult:
     """MSE + ``kl_weight``·KL on fresh jittered renders; then set ``scaling_factor`` to 1/std of
     the latents (pitfall 4: SD's 0.18215 belongs to SD's VAE, not ours). With ``cosine_decay`` the
     LR is annealed to 0: the reconstruction keeps sharpening at the end instead of jittering around
-    its optimum, which is what the round trip's fidelity (docs/regime.md) depends on."""
+    its optimum, which is what the round trip's fidelity (docs/regime.md) depends on. PSNR and the
+    scaling factor are measured on ``held_out`` fresh renders."""
     import torch
 
     torch.manual_seed(seed)
@@ -68,9 +70,9 @@ def train_vae(
 
     vae.eval()
     with torch.no_grad():
-        held_out = render_batch(rng.choice(prompts, 256), resolution, np.random.default_rng(seed + 1))
-        posterior = vae.encode(held_out).latent_dist
-        mse = torch.nn.functional.mse_loss(vae.decode(posterior.mode()).sample.clamp(-1, 1), held_out)
+        renders = render_batch(rng.choice(prompts, held_out), resolution, np.random.default_rng(seed + 1))
+        posterior = vae.encode(renders).latent_dist
+        mse = torch.nn.functional.mse_loss(vae.decode(posterior.mode()).sample.clamp(-1, 1), renders)
         scaling = 1.0 / posterior.sample().std().item()
     vae.register_to_config(scaling_factor=scaling)
     psnr = 10 * math.log10(4.0 / mse.item())  # pixel range [-1, 1] has peak-to-peak 2

@@ -65,7 +65,7 @@ def train_base_vae(prompts_train: list[str], world: WorldParams, base_model: Bas
     vae = build_vae(_spec(w, b))
     v = b.vae
     result = train_vae(vae, prompts_train, w.resolution, v.steps, v.batch_size, v.learning_rate, v.kl_weight, b.seed,
-                       cosine_decay=v.cosine_decay)
+                       cosine_decay=v.cosine_decay, held_out=v.held_out_renders)
     metrics = result.metrics | {"parameters": count_parameters(vae)}
     log.info("VAE: %s", metrics)
     return result.vae, metrics
