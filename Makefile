@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# --no-compile: pip would byte-compile all of torch (half its install time); Python compiles the
-# modules a process imports on first use, as it does for everything uv installs.
-PIP := $(BIN)/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt
 # uv resolves and installs the rest from PyPI in seconds where pip takes minutes; it keeps the torch
 # pip installed (constraints.txt pins the same version), so it never fetches another build.
-UV := $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt
+# --compile-bytecode: every package byte-compiled once, at install. Without it each process compiles
+# what it imports from source, every time where PYTHONDONTWRITEBYTECODE is set (a kedro, DVC or
+# DeepSpeed-rank process then starts in ~30 s instead of ~18 s).
+UV := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c constraints.txt
 
 .PHONY: install run test clean-data
 
