@@ -2,7 +2,8 @@
 ``conf/base/parameters_train.yml``'s ``train`` section) trained with several seeds on the chain's own
 pairs and training cache, its validation reward measured along the way. Prints a table of the gain
 over the base model (mean over seeds, with the seeds' standard error and the implicit accuracy at the
-end) and writes the curves as JSON and a plot.
+end) and writes the curves as JSON and a plot. A configuration with ``ema: <decay>`` is measured
+through an exponential moving average of its weights instead of the weights themselves.
 
     kedro run --pipelines data,rewards,cache        # once: the pairs and the cache it trains on
     .venv/bin/python benchmarks/preference_regime.py benchmarks/sweeps/regime.yml --seeds 0 1 2
@@ -104,6 +105,27 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     return unet, records
 
 
+def _ema_evaluation(base_unet, decay: float, evaluate, every: int, steps: int):
+    """An evaluation hook, called after every step, that keeps an exponential moving average of
+    the policy's weights, starting from the base model's (as the DRO paper's official recipe keeps
+    one, and the bootstrap's pretraining does), and measures the average every ``every`` steps and
+    at the end, in place of the policy."""
+    import torch
+
+    average = copy.deepcopy(base_unet).eval().requires_grad_(False)
+    done = 0
+
+    def hook(policy) -> dict:
+        nonlocal done
+        done += 1
+        with torch.no_grad():
+            for mean, weight in zip(average.parameters(), policy.parameters(), strict=True):
+                mean.lerp_(weight.detach().float(), 1.0 - decay)
+        return evaluate(average) if done % every == 0 or done == steps else {}
+
+    return hook
+
+
 def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every: int) -> dict:
     import numpy as np
 
@@ -121,6 +143,9 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
                                                           e.batch_size, progress=False).mean())}
 
     start = time.perf_counter()
+    if "ema" in config:  # measure an EMA of the policy instead of the policy (a drift guard)
+        evaluate, every = _ema_evaluation(base.unet, config["ema"], evaluate, every,
+                                          merged_train(params, config).steps), 1
     _, records = train_run(config, seed, chain, params, evaluate, every)
     cpu, curve = 0.0, []
     for step, record in enumerate(records, start=1):
@@ -141,7 +166,7 @@ def main() -> None:
     apply_project_environment()  # offline, telemetry off
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?, "
+    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?, ema?, "
                                       "order?}]}; objective dpo | smpo | dro | sft (the preferred images alone, "
                                       "by `order`: reward or label)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
