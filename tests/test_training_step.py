@@ -158,7 +158,6 @@ def test_the_loop_trains_under_deepspeed_zero_in_process(tiny_pipeline_dir, tmp_
     from smpo_pipeline.training.config import TrainConfig
     from smpo_pipeline.training.data import CachedPairs
     from smpo_pipeline.training.trainer import train_preference
-    from tests.conftest import PROJECT_ROOT
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, n=2)
     data = CachedPairs(pairs, reader, prints, True)
@@ -190,7 +189,6 @@ def test_the_sdxl_deepspeed_configs_and_zero3_with_lora_train(tiny_pipeline_dir,
     from smpo_pipeline.training.config import TrainConfig
     from smpo_pipeline.training.data import CachedPairs
     from smpo_pipeline.training.trainer import train_preference
-    from tests.conftest import PROJECT_ROOT
 
     pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, n=2)
     data = CachedPairs(pairs, reader, prints, True)
