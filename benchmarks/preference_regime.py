@@ -144,8 +144,8 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
 
     start = time.perf_counter()
     if "ema" in config:  # measure an EMA of the policy instead of the policy (a drift guard)
-        evaluate, every = _ema_evaluation(base.unet, config["ema"], evaluate, every,
-                                          merged_train(params, config).steps), 1
+        evaluate = _ema_evaluation(base.unet, config["ema"], evaluate, every, merged_train(params, config).steps)
+        every = 1  # the hook updates the average after every step and measures it on its own schedule
     _, records = train_run(config, seed, chain, params, evaluate, every)
     cpu, curve = 0.0, []
     for step, record in enumerate(records, start=1):
