@@ -1,0 +1,115 @@
+"""Which attributes the bootstrap's UNet can learn at all (docs/regime.md, round 8).
+
+Trains a fresh UNet and fresh text encoders the way the bootstrap does
+(``training.pretraining.train_unet_and_text_encoders`` with ``conf/base/parameters_bootstrap.yml``'s
+``base_model.unet`` recipe), on the shipped base model's VAE and tokenizer, and measures the EMA's
+per-attribute accuracy on 48 validation prompts (two images each) every 500 steps, as the bootstrap's
+``validation_curve``. With ``--clean`` every caption is the render's own prompt: what the
+architecture can learn when nothing in its data is wrong. Without it, the captions carry the shipped
+mistake rates (``base_model.captions``). The UNet is the shipped one's config with
+``--layers-per-block`` and ``--attention-everywhere`` (cross-attention at the first level too) and
+``--unet-channels`` changed, so the variants stay SDXL's ``UNet2DConditionModel``.
+
+    .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000                       # ≈ 10 min
+    .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --unet-channels 32 64 64 64
+    .venv/bin/python benchmarks/base_capacity.py --clean --steps 2000 --layers-per-block 2 --attention-everywhere
+
+Prints the curve and writes it to ``reports/sweeps/base_capacity_<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+BASE = Path("data/01_raw/base_model")
+PROMPTS = Path("data/01_raw/prompts")
+
+
+def fresh_unet(shipped_config: dict, channels: list[int] | None, layers: int, attention_everywhere: bool):
+    from diffusers import UNet2DConditionModel
+
+    config = dict(shipped_config)
+    if channels:
+        n = len(channels)
+        config |= {"block_out_channels": channels,
+                   "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (n - 1),
+                   "up_block_types": ["CrossAttnUpBlock2D"] * (n - 1) + ["UpBlock2D"]}
+    if attention_everywhere:
+        n = len(config["block_out_channels"])
+        config |= {"down_block_types": ["CrossAttnDownBlock2D"] * n, "up_block_types": ["CrossAttnUpBlock2D"] * n}
+    return UNet2DConditionModel.from_config(config | {"layers_per_block": layers})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clean", action="store_true", help="captions without mistakes")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--unet-channels", type=int, nargs="+")
+    parser.add_argument("--layers-per-block", type=int, default=1)
+    parser.add_argument("--attention-everywhere", action="store_true")
+    parser.add_argument("--name", help="report name (default: from the options)")
+    args = parser.parse_args()
+
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from smpo_pipeline.evaluation import prompt_seed_grid
+    from smpo_pipeline.models.sampling import SamplingProtocol, generate
+    from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, count_parameters
+    from smpo_pipeline.params import BaseModelParams
+    from smpo_pipeline.pipelines.bootstrap.nodes import attribute_accuracy
+    from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
+    from smpo_pipeline.world.captions import web_captions
+
+    base = BaseModelParams(**yaml.safe_load(Path("conf/base/parameters_bootstrap.yml").read_text())["base_model"])
+    shipped = StableDiffusionXLPipeline.from_pretrained(BASE)
+    train = [p for p in (PROMPTS / "train.txt").read_text().splitlines() if p]
+    validation = [p for p in (PROMPTS / "validation.txt").read_text().splitlines() if p][:48]
+
+    torch.manual_seed(base.seed)
+    unet = fresh_unet(dict(shipped.unet.config), args.unet_channels, args.layers_per_block, args.attention_everywhere)
+    text_encoders = (CLIPTextModel(shipped.text_encoder.config), CLIPTextModelWithProjection(shipped.text_encoder_2.config))
+    u = base.unet
+    rendered = [p for p in train for _ in range(u.renders_per_prompt)]
+    rates = dict.fromkeys(base.captions.rates(), 0.0) if args.clean else base.captions.rates()
+    captions, mistakes = web_captions(rendered, rates, base.captions.seed)
+
+    prompts, seeds = prompt_seed_grid(validation, base.evaluation_seeds_per_prompt)
+    e = base.evaluation
+    curve = []
+
+    def measure(step: int, ema) -> None:
+        pipe = assemble_pipeline(shipped.vae, ema["te1"], ema["te2"], shipped.tokenizer, ema["unet"])
+        images = generate(pipe, prompts, seeds, SamplingProtocol(e.steps, e.guidance_scale, 32), e.batch_size,
+                          progress=False)
+        curve.append({"step": step} | attribute_accuracy(images, prompts))
+        print(f"step {step}: {curve[-1]['accuracy']} reward {curve[-1]['mean_oracle_reward']}", flush=True)
+
+    config = PretrainConfig(
+        steps=args.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
+        grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
+        renders_per_prompt=u.renders_per_prompt, seed=base.seed, min_snr_gamma=u.min_snr_gamma,
+        cosine_decay=u.cosine_decay, checkpoint_every=500)
+    result = train_unet_and_text_encoders(shipped.vae, unet, text_encoders, shipped.tokenizer, train, 32, config,
+                                          captions=captions, on_checkpoint=measure)
+
+    name = args.name or "_".join(filter(None, [
+        "clean" if args.clean else "shipped-captions",
+        "unet" + "-".join(map(str, unet.config.block_out_channels)),
+        f"layers{args.layers_per_block}", "attention-everywhere" if args.attention_everywhere else ""]))
+    report = {"name": name, "steps": args.steps, "caption_mistake_shares": mistakes,
+              "unet_config": {k: unet.config[k] for k in ("block_out_channels", "down_block_types", "layers_per_block")},
+              "unet_parameters": count_parameters(unet), "seconds": result.metrics["seconds"], "validation_curve": curve}
+    out = Path("reports/sweeps") / f"base_capacity_{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
