@@ -61,12 +61,13 @@ def main() -> None:
     from smpo_pipeline.evaluation import prompt_seed_grid
     from smpo_pipeline.models.sampling import SamplingProtocol, generate
     from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, count_parameters
-    from smpo_pipeline.params import BaseModelParams
+    from smpo_pipeline.params import BaseModelParams, WorldParams
     from smpo_pipeline.pipelines.bootstrap.nodes import attribute_accuracy
     from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
     from smpo_pipeline.world.captions import web_captions
 
-    base = BaseModelParams(**yaml.safe_load(Path("conf/base/parameters_bootstrap.yml").read_text())["base_model"])
+    conf = yaml.safe_load(Path("conf/base/parameters_bootstrap.yml").read_text())
+    world, base = WorldParams(**conf["world"]), BaseModelParams(**conf["base_model"])
     shipped = StableDiffusionXLPipeline.from_pretrained(BASE)
     train = [p for p in (PROMPTS / "train.txt").read_text().splitlines() if p]
     validation = [p for p in (PROMPTS / "validation.txt").read_text().splitlines() if p][:48]
@@ -85,7 +86,7 @@ def main() -> None:
 
     def measure(step: int, ema) -> None:
         pipe = assemble_pipeline(shipped.vae, ema["te1"], ema["te2"], shipped.tokenizer, ema["unet"])
-        images = generate(pipe, prompts, seeds, SamplingProtocol(e.steps, e.guidance_scale, 32), e.batch_size,
+        images = generate(pipe, prompts, seeds, SamplingProtocol(e.steps, e.guidance_scale, world.resolution), e.batch_size,
                           progress=False)
         curve.append({"step": step} | attribute_accuracy(images, prompts))
         print(f"step {step}: {curve[-1]['accuracy']} reward {curve[-1]['mean_oracle_reward']}", flush=True)
@@ -95,7 +96,7 @@ def main() -> None:
         grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
         renders_per_prompt=u.renders_per_prompt, seed=base.seed, min_snr_gamma=u.min_snr_gamma,
         cosine_decay=u.cosine_decay, checkpoint_every=500)
-    result = train_unet_and_text_encoders(shipped.vae, unet, text_encoders, shipped.tokenizer, train, 32, config,
+    result = train_unet_and_text_encoders(shipped.vae, unet, text_encoders, shipped.tokenizer, train, world.resolution, config,
                                           captions=captions, on_checkpoint=measure)
 
     name = args.name or "_".join(filter(None, [
