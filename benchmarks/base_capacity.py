@@ -58,11 +58,9 @@ def main() -> None:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from smpo_pipeline.evaluation import prompt_seed_grid
-    from smpo_pipeline.models.sampling import SamplingProtocol, generate
     from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, count_parameters
     from smpo_pipeline.params import BaseModelParams, WorldParams
-    from smpo_pipeline.pipelines.bootstrap.nodes import attribute_accuracy
+    from smpo_pipeline.pipelines.bootstrap.nodes import _accuracy_of  # the bootstrap curve's own protocol
     from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
     from smpo_pipeline.world.captions import web_captions
 
@@ -80,15 +78,11 @@ def main() -> None:
     rates = dict.fromkeys(base.captions.rates(), 0.0) if args.clean else base.captions.rates()
     captions, mistakes = web_captions(rendered, rates, base.captions.seed)
 
-    prompts, seeds = prompt_seed_grid(validation, base.evaluation_seeds_per_prompt)
-    e = base.evaluation
     curve = []
 
     def measure(step: int, ema) -> None:
         pipe = assemble_pipeline(shipped.vae, ema["te1"], ema["te2"], shipped.tokenizer, ema["unet"])
-        images = generate(pipe, prompts, seeds, SamplingProtocol(e.steps, e.guidance_scale, world.resolution), e.batch_size,
-                          progress=False)
-        curve.append({"step": step} | attribute_accuracy(images, prompts))
+        curve.append({"step": step} | _accuracy_of(pipe, validation, world, base))
         print(f"step {step}: {curve[-1]['accuracy']} reward {curve[-1]['mean_oracle_reward']}", flush=True)
 
     config = PretrainConfig(
