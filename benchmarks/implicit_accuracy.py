@@ -135,7 +135,7 @@ def main() -> None:
     gamma = merged_train(params, {}).gamma
     orders = {"label": training_pairs(pairs[out_mask], "label"),
               "oracle": training_pairs(pairs[out_mask], "reward", "reference", gamma)}
-    result = {"held_out_pairs": int(len(orders["label"])), "share": args.share, "draws": args.draws,
+    result = {"held_out_pairs": len(orders["label"]), "share": args.share, "draws": args.draws,
               "bins": [[100 * b, 100 * (b + 1)] for b in range(BINS)], "accuracy": {}}
     for order, frame in orders.items():
         data = CachedPairs(frame, reader, prints, with_trajectories=False)
