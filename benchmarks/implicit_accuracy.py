@@ -16,7 +16,7 @@ loss starts from). Both orders are read: the annotators' labels (what DPO trains
 shapes-oracle's (what the evaluation scores).
 
     kedro run --pipelines data,reward_model,rewards,cache      # the pairs and their cache
-    .venv/bin/python benchmarks/implicit_accuracy.py              # ≈ 6 min on 2 cores
+    .venv/bin/python benchmarks/implicit_accuracy.py              # ≈ 9 min on 2 cores
 
 Writes ``reports/sweeps/implicit_accuracy.json`` and ``.png``. Validation prompts only for the
 rewards; the held-out pairs are training prompts' pairs; the test prompts are never looked at.
