@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 BINS = 10  # timestep bins of 100 over [0, 1000)
+BASE = "base (ref_w < ref_l)"
 
 
 def held_out(caption: str, share: int) -> bool:
@@ -38,16 +39,18 @@ def held_out(caption: str, share: int) -> bool:
 
 
 def accuracy_by_timestep(models: dict, reference, data, draws: int, batch_size: int, alphas) -> dict:
-    """{model: [accuracy per bin]} on every pair of ``data`` (CachedPairs, posterior-mean latents),
-    ``draws`` timesteps a pair and bin, noise shared by the two images of a pair. ``models`` may
-    include ``reference`` itself, read as 'the reference denoises the first image better'."""
+    """{name: [accuracy per bin]} on every pair of ``data`` (CachedPairs, posterior-mean latents),
+    ``draws`` timesteps a pair and bin, noise shared by the two images of a pair: for each of
+    ``models``, Diffusion-DPO's implicit accuracy against ``reference`` (``objectives.dpo_loss``'s
+    own), and under ``BASE`` how often the reference alone denoises the first image better."""
     import numpy as np
     import torch
 
+    from smpo_pipeline.objectives import dpo_loss
     from smpo_pipeline.training.step import add_noise, per_sample_mse
 
     generator = torch.Generator().manual_seed(0)
-    hits = {name: np.zeros(BINS) for name in models}
+    hits = {name: np.zeros(BINS) for name in (BASE, *models)}
     count = np.zeros(BINS)
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
@@ -61,13 +64,11 @@ def accuracy_by_timestep(models: dict, reference, data, draws: int, batch_size: 
                     noise = torch.randn(x0[:n].shape, generator=generator).repeat(2, 1, 1, 1)
                     x_t = add_noise(x0, noise, t, alphas)
                     ref_w, ref_l = per_sample_mse(reference, x_t, t, noise, *cond).chunk(2)
+                    hits[BASE][b] += (ref_w < ref_l).sum().item()
                     for name, model in models.items():
-                        if model is reference:
-                            agree = ref_w < ref_l
-                        else:
-                            m_w, m_l = per_sample_mse(model, x_t, t, noise, *cond).chunk(2)
-                            agree = (ref_w - ref_l) - (m_w - m_l) > 0
-                        hits[name][b] += agree.sum().item()
+                        m_w, m_l = per_sample_mse(model, x_t, t, noise, *cond).chunk(2)
+                        # β only scales the margin; its sign is what the accuracy counts
+                        hits[name][b] += n * dpo_loss(m_w, m_l, ref_w, ref_l, beta=1.0)[1]["implicit_accuracy"].item()
                     count[b] += n
     return {name: (h / count).round(4).tolist() for name, h in hits.items()}
 
@@ -126,7 +127,7 @@ def main() -> None:
     sft = sft_on_renders(base, chain["prompts_validation"][:96], steps=300, every=300, batch_size=32, lr=1e-4,
                          lora_rank=0, latents="sample", images=4096)
     reference = copy.deepcopy(base.unet).eval()
-    models = {"base (ref_w < ref_l)": reference, "dpo": dpo.eval(), "sft-on-renders": sft.eval()}
+    models = {"dpo": dpo.eval(), "sft-on-renders": sft.eval()}
 
     cache = CacheParams.model_validate(params["cache"])
     prints = Fingerprints.of(base, InversionConfig.of(cache.inversion), cache.storage_dtype)
