@@ -3,7 +3,8 @@
 pairs and training cache, its validation reward measured along the way. Prints a table of the gain
 over the base model (mean over seeds, with the seeds' standard error and the implicit accuracy at the
 end) and writes the curves as JSON and a plot. A configuration with ``ema: <decay>`` is measured
-through an exponential moving average of its weights instead of the weights themselves.
+through an exponential moving average of its weights instead of the weights themselves; one with
+``pairs_per_prompt: <n>`` trains on at most n of each prompt's pairs.
 
     kedro run --pipelines data,rewards,cache        # once: the pairs and the cache it trains on
     .venv/bin/python benchmarks/preference_regime.py benchmarks/sweeps/regime.yml --seeds 0 1 2
@@ -89,6 +90,8 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     pairs = training_pairs(chain["preference_pairs"], order, train.smoothing_by, train.gamma)
     if "tau" in config:
         pairs = pairs.assign(p=preference_probability(pairs.r_w, pairs.r_l, config["tau"]))
+    if "pairs_per_prompt" in config:
+        pairs = at_most_per_prompt(pairs, config["pairs_per_prompt"])
     reader = CacheReader(Path(cache.root))
     data = CachedPairs(pairs, reader, prints, noise == "cached")
     experts = CachedExperts(expert_pool(pairs, train.dro.experts, train.dro.top_k), reader, prints) \
@@ -103,6 +106,15 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
                             noise_schedule(base),
                             lambda step, record: records.append(record), experts, evaluate)
     return unet, records
+
+
+def at_most_per_prompt(pairs, n: int):
+    """At most ``n`` of each prompt's training pairs, the same ones for every seed and configuration
+    (a fixed shuffle), so that a sweep over ``n`` varies how many pairs a prompt has and nothing else."""
+    if n < 1:
+        raise ValueError(f"pairs_per_prompt must be >= 1 (got {n})")
+    shuffled = pairs.sample(frac=1.0, random_state=0)
+    return shuffled[shuffled.groupby("caption").cumcount() < n].sort_index().reset_index(drop=True)
 
 
 def _ema_evaluation(base_unet, decay: float, evaluate, every: int, steps: int):
