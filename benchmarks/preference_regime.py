@@ -4,7 +4,8 @@ pairs and training cache, its validation reward measured along the way. Prints a
 over the base model (mean over seeds, with the seeds' standard error and the implicit accuracy at the
 end) and writes the curves as JSON and a plot. A configuration with ``ema: <decay>`` is measured
 through an exponential moving average of its weights instead of the weights themselves; one with
-``pairs_per_prompt: <n>`` trains on at most n of each prompt's pairs.
+``pairs_per_prompt: <n>`` trains on at most n of each prompt's pairs. A sweep's top-level ``train``
+block overrides conf/base for all of its configurations (the defaults they were measured against).
 
     kedro run --pipelines data,rewards,cache        # once: the pairs and the cache it trains on
     .venv/bin/python benchmarks/preference_regime.py benchmarks/sweeps/regime.yml --seeds 0 1 2
@@ -39,12 +40,14 @@ def load_chain(overrides: dict, extra: tuple[str, ...] = ()):
         return {name: catalog.load(name) for name in names}, params
 
 
+def merge(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra``'s values, nested sections merged key by key."""
+    return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in extra.items()}}
+
+
 def merged_train(params: dict, config: dict):
     """The ``train`` parameters with a configuration's overrides, validated (plain PyTorch)."""
     from smpo_pipeline.params import TrainParams
-
-    def merge(base: dict, extra: dict) -> dict:
-        return {**base, **{k: merge(base.get(k, {}), v) if isinstance(v, dict) else v for k, v in extra.items()}}
 
     return TrainParams.model_validate(merge(params["train"], config.get("train", {})) | {"deepspeed_config": None})
 
@@ -169,6 +172,15 @@ def run(config: dict, seed: int, chain: dict, params: dict, prompts: int, every:
             "implicit_accuracy": float(np.mean([r["implicit_accuracy"] for r in tail]))}
 
 
+# Settings a sweep's run never reads: it keeps no checkpoints.
+_UNREAD = ("checkpoint_every", "checkpoint_root", "keep_last")
+
+
+def _bearing(settings: dict) -> dict:
+    """The settings a run's result depends on, to decide whether an earlier result still holds."""
+    return {k: v for k, v in settings.items() if k not in _UNREAD}
+
+
 def main() -> None:
     import numpy as np
     import yaml
@@ -178,15 +190,18 @@ def main() -> None:
     apply_project_environment()  # offline, telemetry off
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep", help="YAML: {name, prompts, every, configs: [{name, objective, train: {...}, tau?, ema?, "
-                                      "order?}]}; objective dpo | smpo | dro | sft (the preferred images alone, "
-                                      "by `order`: reward or label)")
+    parser.add_argument("sweep", help="YAML: {name, prompts, every, train?: {...}, configs: [{name, objective, "
+                                      "train: {...}, tau?, ema?, order?, pairs_per_prompt?}]}; objective dpo | smpo "
+                                      "| dro | sft (the preferred images alone, by `order`: reward or label)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="reports/sweeps")
     parser.add_argument("--only", nargs="*", help="run only these configuration names")
     args = parser.parse_args()
     sweep = yaml.safe_load(Path(args.sweep).read_text())
     chain, params = load_chain({})
+    # A sweep's own `train` block: the defaults its configurations were measured against, where they
+    # differ from today's conf/base (the files of rounds 5-9 pin the regime of their time).
+    params["train"] = merge(params["train"], sweep.get("train", {}))
     context = run_context(chain, params, sweep)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +215,8 @@ def main() -> None:
             key = f"{config['name']}/seed-{seed}"
             settings = merged_train(params, config).model_dump(mode="json", exclude={"evaluation"})
             done = results.get(key, {})
-            if done.get("settings") == settings and done.get("config") == config and done.get("context") == context:
+            if _bearing(done.get("settings", {})) == _bearing(settings) and done.get("config") == config \
+                    and done.get("context") == context:
                 continue  # done with exactly these settings, base model, pairs and prompts
             result = run(config, seed, chain, params, sweep.get("prompts", 96), sweep.get("every", 50))
             results[key] = {"config": config, "settings": settings, "seed": seed, "context": context} | result
