@@ -5,8 +5,9 @@ image of a pair at timestep t when it denoises it better, relative to the refere
 second: (ref_w − ref_l) − (model_w − model_l) > 0, with one noise draw shared by the pair. This
 script measures how often that agrees with the pairs' order, in ten bins of t, for
 
-- ``dpo``: the default regime (``conf/base/parameters_train.yml``, seed 0) trained on the pairs of
-  the other training prompts;
+- ``dpo``: the default regime (``conf/base/parameters_train.yml`` as it is, seed 0) trained on the
+  pairs of the other training prompts (docs/regime.md's round 9 ran it at the default of the time,
+  300 steps of 32 at lr 3e-5);
 - ``sft-on-renders``: the base fine-tuned on ideal renders with their true captions (300 × 32,
   full UNet, lr 1e-4; ``fine_tuning_ceiling.py sft-on-renders``), a model known to be better than
   the base on the validation prompts;
