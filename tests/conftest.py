@@ -156,7 +156,7 @@ REDUCED = {
 CHAIN = REDUCED | {
     "cache": {"batch_size": 8, "trajectories": True, "inversion": {"num_steps": 5}},
     "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "forward_noise": "cached", "seeds": [0, 1],
-              "evaluation": {"steps": 2, "seeds_per_prompt": 1, "max_prompts": 16, "curve_prompts": 4}, "dro": {"buffer_size": 8, "sampler_steps": 4}},
+              "evaluation": {"steps": 2, "seeds_per_prompt": 1, "max_prompts": 16, "curve_prompts": 4}, "dro": {"buffer_size": 8, "states_per_step": 4, "sampler_steps": 4}},
     "evaluation": {"max_prompts": 4, "seeds_per_prompt": 2, "protocol": {"steps": 2}, "bootstrap_samples": 200,
                    "grid": {"prompts": 3}},
 }
