@@ -27,6 +27,8 @@
     .venv/bin/python benchmarks/fine_tuning_ceiling.py dpo-on-renders --steps 300 --lora-rank 0 --lr 3e-5
     .venv/bin/python benchmarks/fine_tuning_ceiling.py dpo-on-generator-pairs --generator-steps 600 --steps 300 \
         --every 100 --lr 3e-5 --lora-rank 0
+    .venv/bin/python benchmarks/fine_tuning_ceiling.py dpo-on-generator-pairs --generator-steps 600 --steps 75 \
+        --every 25 --lr 1e-4 --lora-rank 0 --accumulation 8 --warmup 5     # the default regime's 256 pairs a step
 
 Validation prompts only (the first ``--prompts``, one image each, seeds 0…N−1, Euler 20 steps,
 guidance 3, as ``benchmarks/preference_regime.py``).
@@ -146,10 +148,12 @@ def _encode(vae, images):
 
 
 def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size: int, lr: float, beta: float,
-                   generator_unet=None) -> None:
+                   generator_unet=None, accumulation: int = 1, warmup: int = 0) -> None:
     """DPO against the base's rejected images. The other image of a pair is the ideal render of the
     caption, or, with ``generator_unet``, a sample of that second generator (the base's VAE and text
-    encoders, Euler 20 steps, guidance 3), in which case the shapes-oracle orders the pair."""
+    encoders, Euler 20 steps, guidance 3), in which case the shapes-oracle orders the pair. Each
+    optimiser step averages ``accumulation`` micro-batches of ``batch_size`` pairs, after a linear
+    warmup of ``warmup`` steps, as the trainer does (``train.gradient_accumulation``, ``warmup_steps``)."""
     import numpy as np
     import pandas as pd
     import torch
@@ -157,14 +161,13 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
 
     from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.inversion import InversionConfig
-    from smpo_pipeline.models.conditioning import drop_captions
     from smpo_pipeline.models.sampling import SamplingProtocol
     from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
     from smpo_pipeline.smoothing import training_pairs
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
     from smpo_pipeline.training.data import CachedPairs
     from smpo_pipeline.training.pretraining import render_batch
-    from smpo_pipeline.training.step import PairBatch, preference_loss
+    from smpo_pipeline.training.schedules import warmup_then_cosine
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -208,26 +211,42 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
 
     base = float(oracle_rewards(pipe, prompts, list(range(len(prompts))), protocol, 64, progress=False).mean())
     print(f"base model: validation reward {base:.4f}; {len(pairs)} pairs (render ≻ the base's rejected image)")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine(warmup, steps, cosine=False))
     for step in range(1, steps + 1):
-        rows = rng.integers(0, len(pairs), batch_size)
-        loser = data.batch(rows, generator)
-        idx = torch.from_numpy(rows)
-        other = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)
-        flip = swap[idx].view(-1, 1, 1, 1)
-        batch = PairBatch(torch.where(flip, loser.latents_l, other), torch.where(flip, other, loser.latents_l),
-                          loser.prompt_embeds, loser.pooled, loser.time_ids, loser.prob)
-        batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled,
-                                                          torch.rand(batch_size, generator=generator) < 0.2)
-        loss, metrics = preference_loss(policy, reference, batch, torch.randint(0, 1000, (batch_size,), generator=generator),
-                                        "dpo", beta, 10.0, "none", alphas, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for _ in range(accumulation):
+            metrics = _dpo_micro_step(policy, reference, data, mean, std, swap, rng, generator, batch_size, beta,
+                                      alphas, accumulation)
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
+        scheduler.step()
         if step % every == 0 or step == steps:
             reward = validation_reward()
             print(f"step {step:>4}: validation reward {reward:.4f} ({reward - base:+.4f} over the base), "
                   f"implicit accuracy {metrics['implicit_accuracy']:.2f}", flush=True)
+
+
+def _dpo_micro_step(policy, reference, data, mean, std, swap, rng, generator, batch_size: int, beta: float, alphas,
+                    accumulation: int) -> dict:
+    """One micro-batch of ``dpo_on_renders``: its loss, divided by ``accumulation``, backpropagated."""
+    import torch
+
+    from smpo_pipeline.models.conditioning import drop_captions
+    from smpo_pipeline.training.step import PairBatch, preference_loss
+
+    rows = rng.integers(0, len(data), batch_size)
+    loser = data.batch(rows, generator)
+    idx = torch.from_numpy(rows)
+    other = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=generator)
+    flip = swap[idx].view(-1, 1, 1, 1)
+    batch = PairBatch(torch.where(flip, loser.latents_l, other), torch.where(flip, other, loser.latents_l),
+                      loser.prompt_embeds, loser.pooled, loser.time_ids, loser.prob)
+    batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled,
+                                                      torch.rand(batch_size, generator=generator) < 0.2)
+    loss, metrics = preference_loss(policy, reference, batch, torch.randint(0, 1000, (batch_size,), generator=generator),
+                                    "dpo", beta, 10.0, "none", alphas, generator)
+    (loss / accumulation).backward()
+    return metrics
 
 
 def vae_training(prompts: list[str], steps: int, every: int) -> None:
@@ -292,6 +311,9 @@ def main() -> None:
     parser.add_argument("--latents", choices=["sample", "mean"], default="sample")
     parser.add_argument("--beta", type=float, default=5000.0, help="dpo-on-renders: Diffusion-DPO's β")
     parser.add_argument("--images", type=int, default=4096, help="renders of training prompts to fine-tune on")
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="dpo-on-*: micro-batches of --batch-size averaged into each optimiser step")
+    parser.add_argument("--warmup", type=int, default=0, help="dpo-on-*: linear warmup steps of the learning rate")
     parser.add_argument("--generator-steps", type=int, default=600,
                         help="dpo-on-generator-pairs: fine-tuning steps of the second generator")
     args = parser.parse_args()
@@ -300,13 +322,15 @@ def main() -> None:
     if args.measure == "vae-training":
         vae_training(prompts, args.steps, args.every)
     elif args.measure == "dpo-on-renders":
-        dpo_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.beta)
+        dpo_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.beta, None,
+                       args.accumulation, args.warmup)
     elif args.measure == "dpo-on-generator-pairs":
         print(f"second generator: the base fine-tuned on ideal renders, full UNet, lr 1e-4, "
               f"{args.generator_steps} steps")
         second = sft_on_renders(pipe, prompts, args.generator_steps, args.generator_steps, args.batch_size, 1e-4, 0,
                                 "sample", args.images)
-        dpo_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.beta, second)
+        dpo_on_renders(pipe, prompts, args.steps, args.every, args.batch_size, args.lr, args.beta, second,
+                       args.accumulation, args.warmup)
     elif args.measure == "round-trip":
         round_trip(pipe, prompts)
     else:
