@@ -36,6 +36,11 @@ def test_calibration_and_agreement_measures():
     assert coin["ece"] == pytest.approx(0.0) and coin["log_loss"] == pytest.approx(np.log(2))
     share, low, high = ps.agreement_interval(np.array([True] * 70 + [False] * 30), samples=500)
     assert share == pytest.approx(0.7) and low < 0.7 < high and high - low < 0.25
+    # 20 prompts of 5 pairs each, every pair of a prompt alike: resampling prompts widens the interval.
+    alike = np.repeat([True] * 14 + [False] * 6, 5)
+    _, pair_low, pair_high = ps.agreement_interval(alike, samples=500)
+    share, low, high = ps.agreement_interval(alike, samples=500, groups=np.repeat(np.arange(20), 5))
+    assert share == pytest.approx(0.7) and high - low > 1.8 * (pair_high - pair_low)
     with pytest.raises(ValueError, match="no decided pair"):
         ps.agreement_interval(np.array([], dtype=bool))
 

@@ -183,13 +183,24 @@ def predict(model, pairs: PairTensors, batch_size: int = 256) -> np.ndarray:
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def agreement_interval(agree: np.ndarray, samples: int = 2000, confidence: float = 0.95, seed: int = 0):
-    """(share, low, high): the share of ``agree`` (booleans) with a percentile bootstrap interval."""
+def agreement_interval(agree: np.ndarray, samples: int = 2000, confidence: float = 0.95, seed: int = 0,
+                       groups: np.ndarray | None = None):
+    """(share, low, high): the share of ``agree`` (booleans) with a percentile bootstrap interval.
+
+    ``groups`` (one label per pair, e.g. its caption) resamples whole groups instead of pairs: the
+    pairs of one prompt share their candidates, so they are not independent, and resampling them
+    one by one would make the interval too narrow."""
     agree = np.asarray(agree, dtype=float)
     if len(agree) == 0:
         raise ValueError("agreement of no pairs: the held-out split has no decided pair")
     rng = np.random.default_rng(seed)
-    boot = agree[rng.integers(0, len(agree), size=(samples, len(agree)))].mean(axis=1)
+    if groups is None:
+        boot = agree[rng.integers(0, len(agree), size=(samples, len(agree)))].mean(axis=1)
+    else:
+        _, which = np.unique(np.asarray(groups), return_inverse=True)
+        hits, sizes = np.bincount(which, weights=agree), np.bincount(which).astype(float)
+        drawn = rng.integers(0, len(sizes), size=(samples, len(sizes)))
+        boot = hits[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(boot, [tail, 100 - tail])
     return float(agree.mean()), float(low), float(high)

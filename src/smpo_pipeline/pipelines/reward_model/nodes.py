@@ -79,11 +79,15 @@ def measure_reward_model(reward_model, training: dict, clean_pairs, params: Rewa
     prob = predict(reward_model["model"], tensors)
     label = held_out.label_0.to_numpy(dtype=float)
     decided = label != 0.5
-    interval = lambda agree: dict(zip(("share", "low", "high"), agreement_interval(  # noqa: E731
-        agree, params.bootstrap_samples), strict=True))
+    captions = held_out.caption.to_numpy()
+
+    def interval(agree, rows=slice(None)) -> dict:  # resamples prompts, whose pairs share candidates
+        return dict(zip(("share", "low", "high"), agreement_interval(
+            agree, params.bootstrap_samples, groups=captions[rows]), strict=True))
+
     report = training | {
         "held_out_pairs": len(held_out), "decided_pairs": int(decided.sum()),
-        "label_agreement": interval((prob[decided] > 0.5) == (label[decided] == 1)),
+        "label_agreement": interval((prob[decided] > 0.5) == (label[decided] == 1), decided),
         "calibration": calibration(prob, label),
     }
     reference = None
@@ -92,7 +96,7 @@ def measure_reward_model(reward_model, training: dict, clean_pairs, params: Rewa
         learned_margin = np.log(prob / (1 - prob))  # = logit_scale · (cos_0 − cos_1)
         report["reference"] = {
             "model": params.reference_model,
-            "label_agreement": interval((reference[decided] > 0) == (label[decided] == 1)),
+            "label_agreement": interval((reference[decided] > 0) == (label[decided] == 1), decided),
             "order_agreement": interval((learned_margin > 0) == (reference > 0)),
             "margin_correlation": round(float(np.corrcoef(learned_margin, reference)[0, 1]), 4),
         }
