@@ -13,6 +13,12 @@ mistake rates (``base_model.captions``). The UNet is the shipped one's config wi
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000                       # ≈ 10 min
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --unet-channels 32 64 64 64
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 2000 --layers-per-block 2 --attention-everywhere
+    .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --position-offset 0.3
+
+``--position-offset F`` probes a world whose four off-centre positions lie F of the canvas from its
+centre instead of the shipped 0.203 (nearer the border, where zero padding tells a convolution where
+it is). The world has no setting for it: this process's ``world.render.POSITION_CENTRES``, which the
+renders and the oracle both read, is rewritten before anything is drawn.
 
 Prints the curve and writes it to ``reports/sweeps/base_capacity_<name>.json``.
 """
@@ -44,6 +50,17 @@ def fresh_unet(shipped_config: dict, channels: list[int] | None, layers: int, at
     return UNet2DConditionModel.from_config(config | {"layers_per_block": layers})
 
 
+def _move_positions(offset: float) -> None:
+    """Puts left/right/top/bottom ``offset`` of the canvas from its centre, in the one table that
+    rendering and the oracle share (mutated in place, so every module that imported it sees it)."""
+    from smpo_pipeline.world.render import POSITION_CENTRES
+
+    if not 0 < offset < 0.5:
+        raise SystemExit(f"--position-offset {offset}: must lie in (0, 0.5), a fraction of the canvas")
+    POSITION_CENTRES.update({"left": (0.5 - offset, 0.5), "right": (0.5 + offset, 0.5),
+                             "top": (0.5, 0.5 - offset), "bottom": (0.5, 0.5 + offset)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true", help="captions without mistakes")
@@ -51,8 +68,12 @@ def main() -> None:
     parser.add_argument("--unet-channels", type=int, nargs="+")
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--attention-everywhere", action="store_true")
+    parser.add_argument("--position-offset", type=float,
+                        help="off-centre positions this fraction of the canvas from its centre (shipped: 0.203)")
     parser.add_argument("--name", help="report name (default: from the options)")
     args = parser.parse_args()
+    if args.position_offset is not None:
+        _move_positions(args.position_offset)
 
     import torch
     from diffusers import StableDiffusionXLPipeline
@@ -63,6 +84,7 @@ def main() -> None:
     from smpo_pipeline.pipelines.bootstrap.nodes import _accuracy_of  # the bootstrap curve's own protocol
     from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
     from smpo_pipeline.world.captions import web_captions
+    from smpo_pipeline.world.render import POSITION_CENTRES
 
     conf = yaml.safe_load(Path("conf/base/parameters_bootstrap.yml").read_text())
     world, base = WorldParams(**conf["world"]), BaseModelParams(**conf["base_model"])
@@ -96,8 +118,10 @@ def main() -> None:
     name = args.name or "_".join(filter(None, [
         "clean" if args.clean else "shipped-captions",
         "unet" + "-".join(map(str, unet.config.block_out_channels)),
-        f"layers{args.layers_per_block}", "attention-everywhere" if args.attention_everywhere else ""]))
+        f"layers{args.layers_per_block}", "attention-everywhere" if args.attention_everywhere else "",
+        f"positions{args.position_offset:g}" if args.position_offset is not None else ""]))
     report = {"name": name, "steps": args.steps, "caption_mistake_shares": mistakes,
+              "position_centres": {k: list(v) for k, v in POSITION_CENTRES.items()},
               "unet_config": {k: unet.config[k] for k in ("block_out_channels", "down_block_types", "layers_per_block")},
               "unet_parameters": count_parameters(unet), "seconds": result.metrics["seconds"], "validation_curve": curve}
     out = Path("reports/sweeps") / f"base_capacity_{name}.json"
