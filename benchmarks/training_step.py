@@ -6,6 +6,8 @@ included), on the same model and batch, with achieved TFLOP/s (FLOPs counted by
     .venv/bin/python benchmarks/training_step.py                  # the embedded base model, CPU
     python benchmarks/training_step.py --model sdxl --pairs 1     # full-size SDXL UNet, random
                                                                   # weights, 1024 px, bf16, GPU
+    .venv/bin/python benchmarks/training_step.py --pairs 32 --objectives dpo --compile   # TorchInductor
+    .venv/bin/python benchmarks/training_step.py --pairs 32 --objectives dpo --channels-last
 
 Each objective runs in its own process so that its peak memory is its own (peak RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on a GPU). ``--model sdxl`` builds the UNet from its published
@@ -52,8 +54,12 @@ def _setup(args):
         tokens, width = pipe.tokenizer.model_max_length, unet.config.cross_attention_dim
         pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
         size = unet.config.sample_size * pipe.vae_scale_factor
+    if args.channels_last:  # NHWC: oneDNN's preferred layout for CPU convolutions
+        unet = unet.to(memory_format=torch.channels_last)
     reference = copy.deepcopy(unet).eval().requires_grad_(False)
     policy = unet.train()
+    if args.compile:  # TorchInductor; the first steps (the warm-up below) pay for the compilation
+        policy, reference = torch.compile(policy), torch.compile(reference)
     if args.gradient_checkpointing or args.model == "sdxl":
         policy.enable_gradient_checkpointing()
     optimizer = (torch.optim.Adafactor if args.model == "sdxl" else torch.optim.AdamW)(policy.parameters(), lr=1e-6)
@@ -112,10 +118,14 @@ def run_one(args) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    step()  # warm-up
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
+    warm_up = step()
+    if args.compile:  # a second warm-up step (recompiles settle); FLOPs are not counted inside compiled graphs
+        warm_up += step()
+        flops = float("nan")
+    else:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
     seconds = statistics.median(step() for _ in range(args.steps))
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
@@ -123,7 +133,8 @@ def run_one(args) -> dict:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
-    return {"objective": args.only, "seconds": seconds, "peak_gib": peak, "tflops": flops / seconds / 1e12,
+    return {"objective": args.only, "seconds": seconds, "warm_up_seconds": warm_up, "peak_gib": peak,
+            "tflops": flops / seconds / 1e12,
             "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads",
             "resolution": size}
 
@@ -137,6 +148,8 @@ def main() -> None:
     parser.add_argument("--renoise", type=int, default=1, help="R")
     parser.add_argument("--sampler-steps", type=int, default=20, help="DRO's DPM-Solver++ steps")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="the UNets in channels-last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both UNets (TorchInductor)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda for --model sdxl, else cpu")
     parser.add_argument("--resolution", type=int, default=1024, help="--model sdxl: pixel side (latent = /8)")
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
@@ -158,11 +171,11 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{args.model}, {rows[0]['resolution']} px, {args.pairs} pairs per step, {rows[0]['device']}, "
           f"median of {args.steps} steps (each objective in its own process)")
-    print(f"{'objective':<12} {'s/step':>8} {'steps/s':>8} {'peak GiB':>9} {'TFLOP/s':>8} {'vs dpo':>7}")
+    print(f"{'objective':<12} {'s/step':>8} {'steps/s':>8} {'warm-up s':>9} {'peak GiB':>9} {'TFLOP/s':>8} {'vs dpo':>7}")
     base = rows[0]["seconds"]
     for r in rows:
-        print(f"{r['objective']:<12} {r['seconds']:8.3f} {1 / r['seconds']:8.2f} {r['peak_gib']:9.2f} "
-              f"{r['tflops']:8.3f} {r['seconds'] / base:7.2f}")
+        print(f"{r['objective']:<12} {r['seconds']:8.3f} {1 / r['seconds']:8.2f} {r['warm_up_seconds']:9.1f} "
+              f"{r['peak_gib']:9.2f} {r['tflops']:8.3f} {r['seconds'] / base:7.2f}")
 
 
 if __name__ == "__main__":
