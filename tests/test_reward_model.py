@@ -41,6 +41,8 @@ def test_calibration_and_agreement_measures():
     _, pair_low, pair_high = ps.agreement_interval(alike, samples=500)
     share, low, high = ps.agreement_interval(alike, samples=500, groups=np.repeat(np.arange(20), 5))
     assert share == pytest.approx(0.7) and high - low > 1.8 * (pair_high - pair_low)
+    with pytest.raises(ValueError, match="100 pairs, but 99 group labels"):
+        ps.agreement_interval(alike, groups=np.arange(99))
     with pytest.raises(ValueError, match="no decided pair"):
         ps.agreement_interval(np.array([], dtype=bool))
 

@@ -197,6 +197,8 @@ def agreement_interval(agree: np.ndarray, samples: int = 2000, confidence: float
     if groups is None:
         boot = agree[rng.integers(0, len(agree), size=(samples, len(agree)))].mean(axis=1)
     else:
+        if len(groups) != len(agree):
+            raise ValueError(f"agreement of {len(agree)} pairs, but {len(groups)} group labels")
         _, which = np.unique(np.asarray(groups), return_inverse=True)
         hits, sizes = np.bincount(which, weights=agree), np.bincount(which).astype(float)
         drawn = rng.integers(0, len(sizes), size=(samples, len(sizes)))
