@@ -86,7 +86,7 @@ def same_noise(pipe, prompts: list[str], seeds: int, steps: int, guidance: float
     print(f"   position accuracy: {_accuracy(images, worded):.1%} (chance 20 %)")
 
 
-def terminal_signal(pipe, steps: int) -> float:
+def terminal_signal(pipe, steps: int) -> None:
     """ᾱ at the first timestep the sampler visits, printed with what it leaves of a shape."""
     from smpo_pipeline.world.render import SIZE_SCALES
 
@@ -101,7 +101,6 @@ def terminal_signal(pipe, steps: int) -> float:
         pixels = math.pi * (r * latent_side) ** 2  # a circle's area in latent pixels
         print(f"   {size} shape: ~{pixels:.0f} latent pixels; its mean over them against the noise's: "
               f"√(ᾱ/(1−ᾱ))·√n = {math.sqrt(abar / (1 - abar) * pixels):.2f} per unit of latent contrast")
-    return abar
 
 
 def leaked_start(pipe, prompts: list[str], steps: int, guidance: float, resolution: int) -> None:
