@@ -1,6 +1,8 @@
 """Where the shipped base model puts its shape: where the prompt says, or where the initial noise
 says (docs/regime.md, round 8: no UNet tried learns position).
 
+0. **What the text encoders carry of each word**: the relative change of the prompt embeddings
+   when one attribute's word changes.
 1. **Same noise, five position words.** For each of ``--compositions`` validation prompts and
    ``--seeds`` seeds, one image for each of the five position words, the five drawn from the same
    initial noise. If the word placed the shape, images of one seed would sit at five places; if the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +39,6 @@ PROMPTS = Path("data/01_raw/prompts")
 
 
 def _with_position(prompt: str, position: str) -> str:
-    from dataclasses import replace
-
     from smpo_pipeline.world.grammar import parse_prompt
 
     return replace(parse_prompt(prompt), position=position).prompt
@@ -57,6 +58,31 @@ def _accuracy(images, prompts) -> float:
 
     return float(np.mean([read_image(i).detected["position"] == parse_prompt(p).position
                           for i, p in zip(images, prompts, strict=True)]))
+
+
+def word_sensitivity(pipe, prompts: list[str]) -> None:
+    """How far the text encoders move when one word of the prompt changes: the relative change of
+    the prompt embeddings, averaged over ``prompts`` and every other value of the attribute."""
+    import torch
+
+    from smpo_pipeline.world.grammar import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, parse_prompt
+
+    def embeds(batch: list[str]):
+        with torch.no_grad():
+            return pipe.encode_prompt(batch, do_classifier_free_guidance=False)[0]
+
+    print("0. change of the prompt embeddings when one word changes (relative norm)")
+    for attribute, values in (("position", POSITIONS), ("shape", SHAPES), ("size", SIZES), ("color", COLORS),
+                              ("background", BACKGROUNDS)):
+        changes = []
+        for prompt in prompts:
+            comp = parse_prompt(prompt)
+            others = [v for v in values if v != getattr(comp, attribute)
+                      and v != (comp.background if attribute == "color" else comp.color)]
+            variants = [replace(comp, **{attribute: v}).prompt for v in others]
+            e = embeds([prompt, *variants])
+            changes += [float((e[i] - e[0]).norm() / e[0].norm()) for i in range(1, len(e))]
+        print(f"   {attribute:<10} {np.mean(changes):.3f}")
 
 
 def same_noise(pipe, prompts: list[str], seeds: int, steps: int, guidance: float, resolution: int) -> None:
@@ -149,6 +175,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     validation = [p for p in (PROMPTS / "validation.txt").read_text().splitlines() if p]
+    word_sensitivity(pipe, validation[: args.compositions])
     same_noise(pipe, validation[: args.compositions], args.seeds, 20, 3.0, resolution)
     terminal_signal(pipe, 20)
     leaked_start(pipe, validation[: args.prompts], 20, 3.0, resolution)
