@@ -53,11 +53,10 @@ def _draw(pipe, prompts: list[str], latents, steps: int, guidance: float, resolu
 
 
 def _accuracy(images, prompts) -> float:
-    from smpo_pipeline.world.grammar import parse_prompt
-    from smpo_pipeline.world.oracle import read_image
+    """Share of ``images`` whose shape sits at its prompt's position (the bootstrap's own measure)."""
+    from smpo_pipeline.pipelines.bootstrap.nodes import attribute_accuracy
 
-    return float(np.mean([read_image(i).detected["position"] == parse_prompt(p).position
-                          for i, p in zip(images, prompts, strict=True)]))
+    return attribute_accuracy(images, prompts)["accuracy"]["position"]
 
 
 def word_sensitivity(pipe, prompts: list[str]) -> None:
@@ -166,6 +165,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=96, help="the first N validation prompts (part 3)")
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error(f"--seeds {args.seeds}: part 1 compares one word's images across noises, so it needs at least 2")
     from diffusers import StableDiffusionXLPipeline
 
     from smpo_pipeline.runtime import apply_project_environment
