@@ -14,11 +14,16 @@ mistake rates (``base_model.captions``). The UNet is the shipped one's config wi
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --unet-channels 32 64 64 64
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 2000 --layers-per-block 2 --attention-everywhere
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --position-offset 0.3
+    .venv/bin/python benchmarks/base_capacity.py --clean --steps 2000 --zero-terminal-snr
 
 ``--position-offset F`` probes a world whose four off-centre positions lie F of the canvas from its
 centre instead of the shipped 0.203 (nearer the border, where zero padding tells a convolution where
 it is). The world has no setting for it: this process's ``world.render.POSITION_CENTRES``, which the
 renders and the oracle both read, is rewritten before anything is drawn.
+
+``--zero-terminal-snr`` trains on SDXL's betas rescaled to zero signal at t = 999 with
+v-prediction, and samples with "trailing" spacing (``models.tiny_sdxl.make_noise_schedule``; round 13):
+whether position is learned once the noise no longer carries the layout.
 
 Prints the curve and writes it to ``reports/sweeps/base_capacity_<name>.json``.
 """
@@ -70,6 +75,9 @@ def main() -> None:
     parser.add_argument("--attention-everywhere", action="store_true")
     parser.add_argument("--position-offset", type=float,
                         help="off-centre positions this fraction of the canvas from its centre (shipped: 0.203)")
+    parser.add_argument("--zero-terminal-snr", action="store_true",
+                        help="v-prediction on a zero-terminal-SNR schedule, trailing spacing (Lin et al. 2024)")
+    parser.add_argument("--steps-every", type=int, default=500, help="measure the EMA every N steps")
     parser.add_argument("--name", help="report name (default: from the options)")
     args = parser.parse_args()
     if args.position_offset is not None:
@@ -79,7 +87,12 @@ def main() -> None:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from smpo_pipeline.models.tiny_sdxl import assemble_pipeline, count_parameters
+    from smpo_pipeline.models.tiny_sdxl import (
+        assemble_pipeline,
+        build_sampling_scheduler,
+        count_parameters,
+        make_noise_schedule,
+    )
     from smpo_pipeline.params import BaseModelParams, WorldParams
     from smpo_pipeline.pipelines.bootstrap.nodes import _accuracy_of  # the bootstrap curve's own protocol
     from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
@@ -100,10 +113,12 @@ def main() -> None:
     rates = dict.fromkeys(base.captions.rates(), 0.0) if args.clean else base.captions.rates()
     captions, mistakes = web_captions(rendered, rates, base.captions.seed)
 
+    schedule = make_noise_schedule("v_prediction", zero_terminal_snr=True) if args.zero_terminal_snr else None
     curve = []
 
     def measure(step: int, ema) -> None:
-        pipe = assemble_pipeline(shipped.vae, ema["te1"], ema["te2"], shipped.tokenizer, ema["unet"])
+        pipe = assemble_pipeline(shipped.vae, ema["te1"], ema["te2"], shipped.tokenizer, ema["unet"],
+                                 build_sampling_scheduler(schedule))
         curve.append({"step": step} | _accuracy_of(pipe, validation, world, base))
         print(f"step {step}: {curve[-1]['accuracy']} reward {curve[-1]['mean_oracle_reward']}", flush=True)
 
@@ -111,7 +126,7 @@ def main() -> None:
         steps=args.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
         grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
         renders_per_prompt=u.renders_per_prompt, seed=base.seed, min_snr_gamma=u.min_snr_gamma,
-        cosine_decay=u.cosine_decay, checkpoint_every=500)
+        cosine_decay=u.cosine_decay, checkpoint_every=args.steps_every, noise_schedule=schedule)
     result = train_unet_and_text_encoders(shipped.vae, unet, text_encoders, shipped.tokenizer, train, world.resolution, config,
                                           captions=captions, on_checkpoint=measure)
 
@@ -119,11 +134,13 @@ def main() -> None:
         "clean" if args.clean else "shipped-captions",
         "unet" + "-".join(map(str, unet.config.block_out_channels)),
         f"layers{args.layers_per_block}", "attention-everywhere" if args.attention_everywhere else "",
-        f"positions{args.position_offset:g}" if args.position_offset is not None else ""]))
+        f"positions{args.position_offset:g}" if args.position_offset is not None else "",
+        "zero-terminal-snr" if args.zero_terminal_snr else ""]))
     report = {"name": name, "steps": args.steps, "caption_mistake_shares": mistakes,
               "position_centres": {k: list(v) for k, v in POSITION_CENTRES.items()},
               "unet_config": {k: unet.config[k] for k in ("block_out_channels", "down_block_types", "layers_per_block")},
-              "unet_parameters": count_parameters(unet), "seconds": result.metrics["seconds"], "validation_curve": curve}
+              "unet_parameters": count_parameters(unet),
+              "noise_schedule": schedule, "seconds": result.metrics["seconds"], "validation_curve": curve}
     out = Path("reports/sweeps") / f"base_capacity_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -76,3 +76,53 @@ def test_min_snr_weights_leave_high_noise_alone_and_shrink_low_noise_as_gamma_ov
     assert torch.allclose(w[snr > 5], 5.0 / snr[snr > 5])
     assert torch.equal(w[snr <= 5], torch.ones_like(w[snr <= 5]))
     assert bool((snr[:2] > 5).all()) and bool((snr[2:] <= 5).all())  # both branches are exercised
+
+
+def test_min_snr_weights_of_v_prediction_clamp_snr_plus_one_and_keep_the_pure_noise_step():
+    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler, make_noise_schedule
+    from smpo_pipeline.training.step import timestep_weights
+
+    alphas = build_training_scheduler(make_noise_schedule("v_prediction", zero_terminal_snr=True)).alphas_cumprod
+    assert alphas[999] == 0  # zero terminal SNR: x_999 is pure noise
+    t = torch.tensor([0, 50, 400, 999])
+    w = timestep_weights(t, alphas, 5.0, "v_prediction")
+    snr = alphas[t] / (1 - alphas[t])
+    assert torch.allclose(w, torch.clamp(snr + 1, max=5.0) / (snr + 1))
+    assert w[-1] == 1.0 and w[0] < 0.01  # the words-only step counts fully; the near-clean one is shrunk
+    with pytest.raises(ValueError, match="prediction_type"):
+        timestep_weights(t, alphas, 5.0, "sample")
+
+
+def test_the_v_target_is_diffusers_velocity_and_recovers_x0_from_x_t():
+    from diffusers import DDPMScheduler
+
+    from smpo_pipeline.models.tiny_sdxl import make_noise_schedule
+    from smpo_pipeline.training.step import add_noise, prediction_target
+
+    scheduler = DDPMScheduler(**make_noise_schedule("v_prediction", zero_terminal_snr=True))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 300, 900, 999])
+    alphas = scheduler.alphas_cumprod
+    v = prediction_target(x0, noise, t, alphas, "v_prediction")
+    assert torch.allclose(v, scheduler.get_velocity(x0, noise, t), atol=1e-6)
+    assert torch.allclose(v[-1], -x0[-1])  # at zero SNR the velocity is the clean latent itself
+    a = alphas[t].view(-1, 1, 1, 1)
+    assert torch.allclose(a.sqrt() * add_noise(x0, noise, t, alphas) - (1 - a).sqrt() * v, x0, atol=1e-5)
+    assert prediction_target(x0, noise, t, alphas, "epsilon") is noise
+
+
+def test_a_zero_terminal_snr_schedule_needs_v_prediction_and_samples_from_t_999():
+    from smpo_pipeline.models.tiny_sdxl import build_sampling_scheduler, make_noise_schedule
+    from smpo_pipeline.params import NoiseScheduleParams
+
+    with pytest.raises(ValueError, match="v_prediction"):
+        make_noise_schedule("epsilon", zero_terminal_snr=True)
+    with pytest.raises(ValueError, match="v_prediction"):
+        NoiseScheduleParams(zero_terminal_snr=True)
+    sampler = build_sampling_scheduler(NoiseScheduleParams(prediction_type="v_prediction", zero_terminal_snr=True).as_dict())
+    sampler.set_timesteps(20)
+    assert sampler.timesteps[0] == 999 and sampler.config.timestep_spacing == "trailing"
+    sdxl = build_sampling_scheduler()
+    sdxl.set_timesteps(20)
+    assert sdxl.timesteps[0] == 951 and sdxl.config.prediction_type == "epsilon"  # SDXL's "leading" + offset 1

@@ -282,3 +282,23 @@ def test_training_reads_the_models_own_noise_schedule(tiny_pipeline_dir):
     assert torch.allclose(loss.alphas, DDPMScheduler(**schedule).alphas_cumprod)
     assert not torch.allclose(loss.alphas, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod)
     assert loss.scheduler.config.beta_end == 0.02
+
+
+def test_a_v_prediction_model_is_fine_tuned_on_v_targets_for_every_forward_noise(setup):
+    """The pair's target is v = √ᾱ ε − √(1−ᾱ) x0 of the same ε (SmPO's τ for the inversion), so that
+    x0 = √ᾱ x_t − √(1−ᾱ) v holds for both images of every pair."""
+    from diffusers import DDPMScheduler
+
+    from smpo_pipeline.models.tiny_sdxl import make_noise_schedule
+
+    _, batch, scheduler, _ = setup
+    alphas = DDPMScheduler(**make_noise_schedule("v_prediction", zero_terminal_snr=True)).alphas_cumprod
+    t = torch.tensor([10, 500, 999])
+    x0 = torch.cat([batch.latents_w, batch.latents_l])
+    a = alphas[t.repeat(2)].view(-1, 1, 1, 1)
+    for mode in ("none", "cached"):
+        x_t, target = noisy_inputs(batch, t, mode, alphas, torch.Generator().manual_seed(1), scheduler,
+                                   prediction_type="v_prediction")
+        assert torch.allclose(a.sqrt() * x_t - (1 - a).sqrt() * target, x0, atol=1e-4), mode
+        eps = noisy_inputs(batch, t, mode, alphas, torch.Generator().manual_seed(1), scheduler)[1]
+        assert not torch.allclose(target, eps, atol=1e-2), mode

@@ -85,6 +85,27 @@ class VAETrainingParams(_Section):
     held_out_renders: PositiveInt = 256  # fresh renders the reported PSNR and the scaling factor are measured on
 
 
+class NoiseScheduleParams(_Section):
+    """The base model's noise schedule (``models.tiny_sdxl.make_noise_schedule``): SDXL's
+    (ε-prediction, "leading" sampling), or SDXL's betas rescaled to zero terminal SNR with
+    v-prediction and "trailing" sampling (Lin et al. 2024). It is saved in the model's scheduler
+    config, and everything downstream reads it from there."""
+
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    zero_terminal_snr: bool = False
+
+    @model_validator(mode="after")
+    def _v_at_zero_snr(self) -> NoiseScheduleParams:
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_terminal_snr: true needs prediction_type: v_prediction (ε is undefined at SNR 0)")
+        return self
+
+    def as_dict(self) -> dict:
+        from smpo_pipeline.models.tiny_sdxl import make_noise_schedule
+
+        return make_noise_schedule(self.prediction_type, self.zero_terminal_snr)
+
+
 class UNetTrainingParams(_Section):
     steps: PositiveInt = 700
     batch_size: PositiveInt = 64
@@ -124,6 +145,7 @@ class SamplingParams(_Section):
 class BaseModelParams(_Section):
     seed: int = 0
     size: ModelSizeParams = ModelSizeParams()
+    noise_schedule: NoiseScheduleParams = NoiseScheduleParams()
     vae: VAETrainingParams = VAETrainingParams()
     unet: UNetTrainingParams = UNetTrainingParams()
     captions: CaptionNoiseParams = CaptionNoiseParams()

@@ -11,7 +11,10 @@ gives the measured settings used as defaults here):
   concatenated with the pooled embedding (SDXL: 6·256 + 1280 = 2816; here 6·8 + 32 = 80);
 - ``AutoencoderKL`` with 2× down-sampling (SDXL: 8×) and 4 latent channels;
 - SDXL's noise schedule (scaled_linear, 0.00085 → 0.012, 1000 steps) and its default sampler,
-  Euler with "leading" spacing.
+  Euler with "leading" spacing; or, with ``zero_terminal_snr``, the same betas rescaled to reach
+  zero signal at t = 999 with v-prediction and "trailing" spacing (Lin et al. 2024, "Common
+  Diffusion Noise Schedules and Sample Steps are Flawed"), which SDXL's own classes support through
+  ``rescale_betas_zero_snr``. Either way the schedule is in the scheduler's saved config.
 """
 
 from __future__ import annotations
@@ -25,7 +28,27 @@ NOISE_SCHEDULE = {
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon",
+    "rescale_betas_zero_snr": False,
 }
+
+
+def make_noise_schedule(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict:
+    """SDXL's betas with a prediction type and, with ``zero_terminal_snr``, rescaled so that
+    ᾱ_999 = 0 (Lin et al. 2024, Algorithm 1; diffusers' ``rescale_betas_zero_snr``). With SDXL's
+    own betas x_999 still holds √ᾱ = 7 % of the clean latent, enough on a 16×16 latent to carry the
+    layout into every training input (docs/regime.md, round 12). At zero SNR the ε target is
+    undefined at t = 999, hence v-prediction (Lin et al. §3.2)."""
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ValueError("a zero-terminal-SNR schedule needs prediction_type v_prediction (ε is undefined at SNR 0)")
+    return NOISE_SCHEDULE | {"prediction_type": prediction_type, "rescale_betas_zero_snr": zero_terminal_snr}
+
+
+def sampling_spacing(schedule: dict) -> dict:
+    """The sampler's timestep spacing for a schedule: SDXL's "leading" (offset 1), or "trailing"
+    at zero terminal SNR, so that the first step starts at t = 999 from pure noise (Lin et al. §3.3)."""
+    if schedule.get("rescale_betas_zero_snr"):
+        return {"timestep_spacing": "trailing", "steps_offset": 0}
+    return {"timestep_spacing": "leading", "steps_offset": 1}
 
 
 @dataclass(frozen=True)
@@ -112,11 +135,12 @@ def build_text_encoders(spec: TinySDXLSpec, tokenizer):
     return CLIPTextModel(config), CLIPTextModelWithProjection(config)
 
 
-def build_sampling_scheduler():
-    """SDXL's default sampler: Euler, "leading" spacing, SDXL's betas."""
+def build_sampling_scheduler(schedule: dict | None = None):
+    """SDXL's default sampler, Euler, on a noise schedule (default: SDXL's, "leading" spacing)."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler(**NOISE_SCHEDULE, timestep_spacing="leading", steps_offset=1)
+    schedule = schedule or NOISE_SCHEDULE
+    return EulerDiscreteScheduler(**schedule, **sampling_spacing(schedule))
 
 
 def build_training_scheduler(schedule: dict | None = None):

@@ -102,6 +102,7 @@ class PretrainConfig:
     min_snr_gamma: float | None = None
     cosine_decay: bool = False  # anneal the LR to 0 after warm-up: fine-tuning starts from a converged model
     checkpoint_every: int = 0  # call on_checkpoint(step, EMA) every N steps (0: never)
+    noise_schedule: dict | None = None  # models.tiny_sdxl.make_noise_schedule(...); None: SDXL's (ε-prediction)
 
 
 def _encoded_renders(vae, rendered: np.ndarray, resolution: int, rng: np.random.Generator):
@@ -119,10 +120,12 @@ def _encoded_renders(vae, rendered: np.ndarray, resolution: int, rng: np.random.
 
 def _denoising_loss(trained, tokenizer, latents, captions: list[str], noise_scheduler, config: PretrainConfig,
                     add_time_ids):
-    """ε-prediction MSE of a batch (Min-SNR-γ weighted when set), captions dropped at random."""
+    """The denoising MSE of a batch against the schedule's target (ε or v), Min-SNR-γ weighted when
+    set (``training.step.timestep_weights``), captions dropped at random."""
     import torch
 
     from smpo_pipeline.models.conditioning import drop_captions, encode_prompts
+    from smpo_pipeline.training.step import prediction_target, timestep_weights
 
     n = latents.shape[0]
     noise = torch.randn_like(latents) + config.offset_noise * torch.randn(n, latents.shape[1], 1, 1)
@@ -131,20 +134,19 @@ def _denoising_loss(trained, tokenizer, latents, captions: list[str], noise_sche
     embeds, pooled = drop_captions(embeds, pooled, torch.rand(n) < config.caption_dropout)
     pred = trained["unet"](noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=embeds,
                            added_cond_kwargs={"text_embeds": pooled, "time_ids": add_time_ids}).sample
-    loss = torch.nn.functional.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-    if config.min_snr_gamma:
-        # Min-SNR-γ weighting (Hang et al. 2023, eq. 9 for ε-prediction): min(SNR, γ)/SNR keeps
-        # the many easy low-noise steps from dominating; it converges markedly faster.
-        alphas = noise_scheduler.alphas_cumprod[t]
-        snr = alphas / (1 - alphas)
-        loss = loss * torch.clamp(snr, max=config.min_snr_gamma) / snr
-    return loss.mean()
+    prediction_type = noise_scheduler.config.prediction_type
+    target = prediction_target(latents, noise, t, noise_scheduler.alphas_cumprod, prediction_type)
+    loss = torch.nn.functional.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    # Min-SNR-γ keeps the many easy low-noise steps from dominating; it converges markedly faster.
+    weight = timestep_weights(t, noise_scheduler.alphas_cumprod, config.min_snr_gamma, prediction_type)
+    return (loss if weight is None else loss * weight).mean()
 
 
 def train_unet_and_text_encoders(vae, unet, text_encoders: Sequence, tokenizer, prompts: Sequence[str],
                                  resolution: int, config: PretrainConfig, captions: Sequence[str] | None = None,
                                  on_checkpoint: Callable[[int, object], None] | None = None) -> BaseModelResult:
-    """Epsilon-prediction training of the UNet and both text encoders, returning EMA weights.
+    """Denoising training (ε- or v-prediction, ``config.noise_schedule``) of the UNet and both text
+    encoders, returning EMA weights.
 
     Images are rendered and VAE-encoded once; each step samples from the stored posteriors.
     Conditioning is ``models.conditioning``'s copy of the pipeline's (pitfalls 2, 3). ``captions``
@@ -166,7 +168,7 @@ def train_unet_and_text_encoders(vae, unet, text_encoders: Sequence, tokenizer, 
     if len(captions) != len(rendered):
         raise ValueError(f"{len(captions)} captions for {len(rendered)} renders ({len(prompts)} prompts × {c.renders_per_prompt})")
     latent_mean, latent_std = _encoded_renders(vae, rendered, resolution, rng)
-    noise_scheduler = build_training_scheduler()
+    noise_scheduler = build_training_scheduler(c.noise_schedule)
     trained = torch.nn.ModuleDict({"unet": unet, "te1": text_encoders[0], "te2": text_encoders[1]}).train()
     ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(c.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(trained.parameters(), lr=c.learning_rate)

@@ -12,6 +12,9 @@ as every official implementation does) comes from one of three sources, ``forwar
   to the batch's largest t and each pair takes its own point (the official code shares one t per
   batch).
 
+The target is in the base model's own parametrisation (its scheduler's ``prediction_type``): ε, or
+v = √ᾱ_t ε − √(1−ᾱ_t) x0 of the same (x0, ε) pair, SmPO's τ taking ε's place (``prediction_target``).
+
 Inputs are cast to the UNet's parameter dtype (bf16/fp16 under DeepSpeed's mixed precision); the
 MSE is always computed in fp32.
 """
@@ -51,22 +54,33 @@ class DROBatch:
     time_ids: torch.Tensor
     policy_x_t: torch.Tensor  # [B, C, H, W], states of the policy's own sampling trajectories
     timesteps: torch.Tensor  # [B], the states' timesteps (the expert half is noised to the same t)
-    policy_targets: torch.Tensor  # [B, C, H, W], the sampling network's ε at those states
+    policy_targets: torch.Tensor  # [B, C, H, W], the sampling network's prediction (ε or v) at those states
 
     def __len__(self) -> int:
         return self.expert_latents.shape[0]
 
 
-def timestep_weights(timesteps, alphas_cumprod, min_snr_gamma: float | None) -> torch.Tensor | None:
-    """Min-SNR-γ weights min(SNR_t, γ)/SNR_t (Hang et al. 2023, eq. 9 for ε-prediction), or None for the
-    plain MSE the official preference code uses. A base pretrained with this weighting (the embedded
-    one is) learned little at low noise; the plain MSE's gradient is dominated by those timesteps, so
-    fine-tuning with it spends the update there (docs/regime.md)."""
+def timestep_weights(timesteps, alphas_cumprod, min_snr_gamma: float | None,
+                     prediction_type: str = "epsilon") -> torch.Tensor | None:
+    """Min-SNR-γ weights, or None for the plain MSE the official preference code uses. A base
+    pretrained with this weighting (the embedded one is) learned little at low noise; the plain
+    MSE's gradient is dominated by those timesteps, so fine-tuning with it spends the update there
+    (docs/regime.md).
+
+    Min-SNR-γ (Hang et al. 2023, eq. 9) weights the x0-error by min(SNR_t, γ). An ε-error is SNR_t
+    times the x0-error, hence min(SNR, γ)/SNR; a v-error is (SNR_t + 1) times it, and the weight is
+    min(SNR + 1, γ)/(SNR + 1), as diffusers' first Min-SNR script had it: unlike min(SNR, γ)/(SNR + 1)
+    it keeps weight 1 where SNR → 0, so at zero terminal SNR the steps that place the layout from the
+    words alone still count."""
     if min_snr_gamma is None:
         return None
     a = alphas_cumprod.to(timesteps.device)[timesteps]
     snr = a / (1 - a)
-    return torch.clamp(snr, max=min_snr_gamma) / snr
+    if prediction_type == "v_prediction":
+        return torch.clamp(snr + 1, max=min_snr_gamma) / (snr + 1)
+    if prediction_type == "epsilon":
+        return torch.clamp(snr, max=min_snr_gamma) / snr
+    raise ValueError(f"unknown prediction_type {prediction_type!r}: epsilon or v_prediction")
 
 
 def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> torch.Tensor:
@@ -82,11 +96,23 @@ def add_noise(x0, noise, timesteps, alphas_cumprod):
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+def prediction_target(x0, noise, timesteps, alphas_cumprod, prediction_type: str):
+    """What the UNet predicts at x_t = add_noise(x0, noise, t): ε itself, or the velocity
+    v = √ᾱ_t ε − √(1−ᾱ_t) x0 (Salimans & Ho 2022, §4; diffusers' ``get_velocity``). Every objective's
+    squared error is taken against this, so a v-prediction base is fine-tuned in its own parametrisation."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        a = alphas_cumprod.to(x0.device)[timesteps].view(-1, 1, 1, 1).to(x0.dtype)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}: epsilon or v_prediction")
+
+
 def _policy_and_reference_mse(policy, reference, x_t, timesteps, target, cond, alphas_cumprod,
-                              min_snr_gamma: float | None):
+                              min_snr_gamma: float | None, prediction_type: str = "epsilon"):
     """Per-sample (Min-SNR-weighted) MSE of the policy and, without gradients, of the reference,
     each split into its two halves (winners | losers, or experts | policy states)."""
-    weight = timestep_weights(timesteps, alphas_cumprod, min_snr_gamma)
+    weight = timestep_weights(timesteps, alphas_cumprod, min_snr_gamma, prediction_type)
     model = per_sample_mse(policy, x_t, timesteps, target, *cond)
     with torch.no_grad():
         ref = per_sample_mse(reference, x_t, timesteps, target, *cond)
@@ -96,13 +122,14 @@ def _policy_and_reference_mse(policy, reference, x_t, timesteps, target, cond, a
 
 
 def noisy_inputs(batch: PairBatch, timesteps, forward_noise: str, alphas_cumprod, generator=None,
-                 inverse_scheduler=None, policy=None, inversion: InversionConfig | None = None):
+                 inverse_scheduler=None, policy=None, inversion: InversionConfig | None = None,
+                 prediction_type: str = "epsilon"):
     """(x_t, target) for the 2B images [winners; losers] at their pair's timestep."""
     x0 = torch.cat([batch.latents_w, batch.latents_l])
     t2 = timesteps.repeat(2)
     if forward_noise == "none":
         noise = torch.randn(batch.latents_w.shape, generator=generator, dtype=x0.dtype).to(x0.device).repeat(2, 1, 1, 1)
-        return add_noise(x0, noise, t2, alphas_cumprod), noise
+        return add_noise(x0, noise, t2, alphas_cumprod), prediction_target(x0, noise, t2, alphas_cumprod, prediction_type)
     grid = inverse_scheduler.timesteps
     if forward_noise == "cached":
         trajectories = torch.cat([batch.trajectory_w, batch.trajectory_l])
@@ -114,19 +141,22 @@ def noisy_inputs(batch: PairBatch, timesteps, forward_noise: str, alphas_cumprod
         trajectories = trajectories.transpose(0, 1)  # [2B, k + 1, ...]
     else:
         raise ValueError(f"unknown forward_noise {forward_noise!r}: none, cached or online")
-    return smpo_target(trajectories, x0, t2, grid[: trajectories.shape[1] - 1], alphas_cumprod)
+    reached, tau = smpo_target(trajectories, x0, t2, grid[: trajectories.shape[1] - 1], alphas_cumprod)
+    return reached, prediction_target(x0, tau, t2, alphas_cumprod, prediction_type)
 
 
 def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: str, beta: float, gamma: float,
                     forward_noise: str, alphas_cumprod, generator=None, inverse_scheduler=None,
-                    inversion: InversionConfig | None = None, min_snr_gamma: float | None = None):
+                    inversion: InversionConfig | None = None, min_snr_gamma: float | None = None,
+                    prediction_type: str = "epsilon"):
     """The DPO or SmPO loss of a batch (or ``sft``: the preferred images' denoising loss alone, the
     sanity baseline of ``benchmarks/preference_regime.py``), and its metrics. ``reference`` runs
     without gradients."""
-    x_t, target = noisy_inputs(batch, timesteps, forward_noise, alphas_cumprod, generator, inverse_scheduler, policy, inversion)
+    x_t, target = noisy_inputs(batch, timesteps, forward_noise, alphas_cumprod, generator, inverse_scheduler, policy,
+                               inversion, prediction_type)
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
     (model_w, model_l), (ref_w, ref_l) = _policy_and_reference_mse(policy, reference, x_t, timesteps.repeat(2), target,
-                                                                   cond, alphas_cumprod, min_snr_gamma)
+                                                                   cond, alphas_cumprod, min_snr_gamma, prediction_type)
     if objective == "dpo":
         return dpo_loss(model_w, model_l, ref_w, ref_l, beta)
     if objective == "sft":  # the sanity baseline: fit the preferred images alone (metrics as DPO's)
@@ -137,14 +167,15 @@ def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: s
 
 
 def dro_batch_loss(policy, reference, batch: DROBatch, margin: float, alphas_cumprod, generator=None,
-                   min_snr_gamma: float | None = None):
+                   min_snr_gamma: float | None = None, prediction_type: str = "epsilon"):
     """Diffusion-DRO's hinge loss (``objectives.dro_loss``): expert images with fresh noise ε̄ at t,
-    target ε̄; policy states x_t with the sampling network's own ε as target."""
+    target ε̄ (or its v); policy states x_t with the sampling network's own prediction as target."""
     x0 = batch.expert_latents
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
     x_t = torch.cat([add_noise(x0, noise, batch.timesteps, alphas_cumprod), batch.policy_x_t.to(x0)])
-    target = torch.cat([noise, batch.policy_targets.to(x0)])
+    target = torch.cat([prediction_target(x0, noise, batch.timesteps, alphas_cumprod, prediction_type),
+                        batch.policy_targets.to(x0)])
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
     (model_expert, model_policy), (ref_expert, ref_policy) = _policy_and_reference_mse(
-        policy, reference, x_t, batch.timesteps.repeat(2), target, cond, alphas_cumprod, min_snr_gamma)
+        policy, reference, x_t, batch.timesteps.repeat(2), target, cond, alphas_cumprod, min_snr_gamma, prediction_type)
     return dro_loss(model_expert, model_policy, ref_expert, ref_policy, margin)

@@ -45,6 +45,7 @@ class PairLoss:
     def __init__(self, data: CachedPairs, config: TrainConfig, inversion: InversionConfig, schedule: dict) -> None:
         self.data, self.config, self.inversion = data, config, inversion
         self.alphas = build_training_scheduler(schedule).alphas_cumprod
+        self.prediction_type = schedule.get("prediction_type", "epsilon")  # the target: ε or v
         self.scheduler = inverse_scheduler(schedule, inversion.num_steps)  # SmPO's online ReNoise
 
     def before_step(self, step: int, engine: TorchEngine, rng, generator) -> None:
@@ -58,7 +59,8 @@ class PairLoss:
         batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled, drop)
         timesteps = torch.randint(*c.timestep_range, (len(batch),), generator=generator)
         return preference_loss(policy, reference, batch, timesteps, c.objective, c.beta, c.gamma, c.forward_noise,
-                               self.alphas, generator, self.scheduler, self.inversion, c.min_snr_gamma)
+                               self.alphas, generator, self.scheduler, self.inversion, c.min_snr_gamma,
+                               self.prediction_type)
 
     def state(self) -> tuple[dict, dict | None]:
         return {}, None
@@ -75,6 +77,7 @@ class DROLoss:
     def __init__(self, experts: CachedExperts, config: TrainConfig, schedule: dict, template) -> None:
         self.experts, self.config, self.schedule = experts, config, schedule
         self.alphas = build_training_scheduler(schedule).alphas_cumprod
+        self.prediction_type = schedule.get("prediction_type", "epsilon")
         self.template = template  # a UNet of the policy's architecture, for the lagging sampler's copy
         self.buffer = ReplayBuffer(config.dro.buffer_size)
         self.sampler_net = None  # M > 1: the policy as of its last refresh; None: the policy itself
@@ -108,7 +111,7 @@ class DROLoss:
                                                                    generator if c.latents == "sample" else None)
         embeds, pooled = drop_captions(embeds, pooled, torch.rand(len(rows), generator=generator) < c.caption_dropout)
         return dro_batch_loss(policy, reference, DROBatch(latents, embeds, pooled, time_ids, x_t, timesteps, targets),
-                              c.dro.margin, self.alphas, generator, c.min_snr_gamma)
+                              c.dro.margin, self.alphas, generator, c.min_snr_gamma, self.prediction_type)
 
     def state(self) -> tuple[dict, dict | None]:
         shared = None if self.sampler_net is None else \

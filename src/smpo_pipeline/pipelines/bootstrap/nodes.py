@@ -80,6 +80,7 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
 
     from smpo_pipeline.models.tiny_sdxl import (
         assemble_pipeline,
+        build_sampling_scheduler,
         build_text_encoders,
         build_unet,
         count_parameters,
@@ -95,10 +96,11 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
     u = b.unet
     rendered = [p for p in prompts_train for _ in range(u.renders_per_prompt)]
     captions, mistakes = web_captions(rendered, b.captions.rates(), b.captions.seed)
+    schedule = b.noise_schedule.as_dict()
     curve = []
 
     def measure(step: int, ema) -> None:
-        pipe = assemble_pipeline(vae, ema["te1"], ema["te2"], tokenizer, ema["unet"])
+        pipe = assemble_pipeline(vae, ema["te1"], ema["te2"], tokenizer, ema["unet"], build_sampling_scheduler(schedule))
         curve.append({"step": step} | _accuracy_of(pipe, prompts_validation[:48], w, b))
         log.info("base model at step %d on 48 validation prompts: %s", step, curve[-1])
 
@@ -106,10 +108,10 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
         steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
         grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
         renders_per_prompt=u.renders_per_prompt, seed=b.seed, min_snr_gamma=u.min_snr_gamma,
-        cosine_decay=u.cosine_decay, checkpoint_every=u.curve_every)
+        cosine_decay=u.cosine_decay, checkpoint_every=u.curve_every, noise_schedule=schedule)
     result = train_unet_and_text_encoders(vae, unet, text_encoders, tokenizer, prompts_train, w.resolution, config,
                                           captions=captions, on_checkpoint=measure)
-    pipe = assemble_pipeline(vae, *result.text_encoders, tokenizer, result.unet)
+    pipe = assemble_pipeline(vae, *result.text_encoders, tokenizer, result.unet, build_sampling_scheduler(schedule))
     metrics = result.metrics | {
         "unet_parameters": count_parameters(result.unet),
         "text_encoder_parameters": sum(count_parameters(t) for t in result.text_encoders),
