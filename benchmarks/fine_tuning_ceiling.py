@@ -87,10 +87,10 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
     from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.models.conditioning import drop_captions, encode_prompts, time_ids
     from smpo_pipeline.models.sampling import SamplingProtocol
-    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
+    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler, noise_schedule
     from smpo_pipeline.training.policy import add_lora, merged_unet
     from smpo_pipeline.training.pretraining import render_batch
-    from smpo_pipeline.training.step import add_noise
+    from smpo_pipeline.training.step import add_noise, prediction_target
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -100,7 +100,8 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
         mean, std = (v * pipe.vae.config.scaling_factor for v in (posterior.mean, posterior.std))
         embeds, pooled = encode_prompts((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2),
                                         captions)
-    alphas = build_training_scheduler().alphas_cumprod
+    schedule = noise_schedule(pipe)  # the base's own: its ᾱ and its target (ε or v)
+    alphas = build_training_scheduler(schedule).alphas_cumprod
     unet = add_lora(copy.deepcopy(pipe.unet), lora_rank, None) if lora_rank else copy.deepcopy(pipe.unet)
     unet.train()
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr)
@@ -121,7 +122,7 @@ def sft_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
         e, p = drop_captions(embeds[idx], pooled[idx], torch.rand(batch_size) < 0.2)
         pred = unet(add_noise(x0, noise, t, alphas), t, encoder_hidden_states=e,
                     added_cond_kwargs={"text_embeds": p, "time_ids": time_ids(32, batch_size)}).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        loss = torch.nn.functional.mse_loss(pred, prediction_target(x0, noise, t, alphas, schedule["prediction_type"]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -157,12 +158,11 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
     import numpy as np
     import pandas as pd
     import torch
-    from diffusers import DDPMScheduler
 
     from smpo_pipeline.evaluation import oracle_rewards
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.sampling import SamplingProtocol
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler, noise_schedule
     from smpo_pipeline.smoothing import training_pairs
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
     from smpo_pipeline.training.data import CachedPairs
@@ -200,7 +200,8 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
         swap = torch.tensor([rewards[c] < r for c, r in zip(pairs.caption, pairs.reference_r_l, strict=True)])
         print(f"second generator: oracle reward {np.mean(list(rewards.values())):.4f} on {len(captions)} training "
               f"prompts; its image wins {1 - swap.float().mean():.1%} of pairs against the base's rejected image")
-    alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
+    schedule = noise_schedule(pipe)
+    alphas = build_training_scheduler(schedule).alphas_cumprod
     policy, reference = copy.deepcopy(pipe.unet).train(), copy.deepcopy(pipe.unet).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
     protocol = SamplingProtocol(20, 3.0, 32)
@@ -216,7 +217,7 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
         optimizer.zero_grad(set_to_none=True)
         for _ in range(accumulation):
             metrics = _dpo_micro_step(policy, reference, data, mean, std, swap, rng, generator, batch_size, beta,
-                                      alphas, accumulation)
+                                      alphas, accumulation, schedule["prediction_type"])
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -227,7 +228,7 @@ def dpo_on_renders(pipe, prompts: list[str], steps: int, every: int, batch_size:
 
 
 def _dpo_micro_step(policy, reference, data, mean, std, swap, rng, generator, batch_size: int, beta: float, alphas,
-                    accumulation: int) -> dict:
+                    accumulation: int, prediction_type: str) -> dict:
     """One micro-batch of ``dpo_on_renders``: its loss, divided by ``accumulation``, backpropagated."""
     import torch
 
@@ -244,7 +245,7 @@ def _dpo_micro_step(policy, reference, data, mean, std, swap, rng, generator, ba
     batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled,
                                                       torch.rand(batch_size, generator=generator) < 0.2)
     loss, metrics = preference_loss(policy, reference, batch, torch.randint(0, 1000, (batch_size,), generator=generator),
-                                    "dpo", beta, 10.0, "none", alphas, generator)
+                                    "dpo", beta, 10.0, "none", alphas, generator, prediction_type=prediction_type)
     (loss / accumulation).backward()
     return metrics
 

@@ -39,7 +39,8 @@ def held_out(caption: str, share: int) -> bool:
     return int(hashlib.sha256(caption.encode()).hexdigest(), 16) % share == 0
 
 
-def accuracy_by_timestep(models: dict, reference, data, draws: int, batch_size: int, alphas) -> dict:
+def accuracy_by_timestep(models: dict, reference, data, draws: int, batch_size: int, alphas,
+                         prediction_type: str = "epsilon") -> dict:
     """{name: [accuracy per bin]} on every pair of ``data`` (CachedPairs, posterior-mean latents),
     ``draws`` timesteps a pair and bin, noise shared by the two images of a pair: for each of
     ``models``, Diffusion-DPO's implicit accuracy against ``reference`` (``objectives.dpo_loss``'s
@@ -48,7 +49,7 @@ def accuracy_by_timestep(models: dict, reference, data, draws: int, batch_size: 
     import torch
 
     from smpo_pipeline.objectives import dpo_loss
-    from smpo_pipeline.training.step import add_noise, per_sample_mse
+    from smpo_pipeline.training.step import add_noise, per_sample_mse, prediction_target
 
     generator = torch.Generator().manual_seed(0)
     hits = {name: np.zeros(BINS) for name in (BASE, *models)}
@@ -64,10 +65,11 @@ def accuracy_by_timestep(models: dict, reference, data, draws: int, batch_size: 
                     t = torch.randint(100 * b, 100 * (b + 1), (n,), generator=generator).repeat(2)
                     noise = torch.randn(x0[:n].shape, generator=generator).repeat(2, 1, 1, 1)
                     x_t = add_noise(x0, noise, t, alphas)
-                    ref_w, ref_l = per_sample_mse(reference, x_t, t, noise, *cond).chunk(2)
+                    target = prediction_target(x0, noise, t, alphas, prediction_type)
+                    ref_w, ref_l = per_sample_mse(reference, x_t, t, target, *cond).chunk(2)
                     hits[BASE][b] += (ref_w < ref_l).sum().item()
                     for name, model in models.items():
-                        m_w, m_l = per_sample_mse(model, x_t, t, noise, *cond).chunk(2)
+                        m_w, m_l = per_sample_mse(model, x_t, t, target, *cond).chunk(2)
                         # β only scales the margin; its sign is what the accuracy counts
                         hits[name][b] += n * dpo_loss(m_w, m_l, ref_w, ref_l, beta=1.0)[1]["implicit_accuracy"].item()
                     count[b] += n
@@ -133,7 +135,8 @@ def main() -> None:
     cache = CacheParams.model_validate(params["cache"])
     prints = Fingerprints.of(base, InversionConfig.of(cache.inversion), cache.storage_dtype)
     reader = CacheReader(Path(cache.root))
-    alphas = build_training_scheduler(noise_schedule(base)).alphas_cumprod
+    schedule = noise_schedule(base)
+    alphas = build_training_scheduler(schedule).alphas_cumprod
     gamma = merged_train(params, {}).gamma
     orders = {"label": training_pairs(pairs[out_mask], "label"),
               "oracle": training_pairs(pairs[out_mask], "reward", "reference", gamma)}
@@ -141,7 +144,8 @@ def main() -> None:
               "bins": [[100 * b, 100 * (b + 1)] for b in range(BINS)], "accuracy": {}}
     for order, frame in orders.items():
         data = CachedPairs(frame, reader, prints, with_trajectories=False)
-        result["accuracy"][order] = accuracy_by_timestep(models, reference, data, args.draws, 128, alphas)
+        result["accuracy"][order] = accuracy_by_timestep(models, reference, data, args.draws, 128, alphas,
+                                                         schedule["prediction_type"])
         for name, accuracy in result["accuracy"][order].items():
             print(f"{order:>6} {name:<22}" + " ".join(f"{a:.2f}" for a in accuracy), flush=True)
     out = Path(args.out)

@@ -48,10 +48,10 @@ class _Denoiser(torch.nn.Module):
     held-out set in one batch; it inverts
     x_t = √ᾱ x0 + √(1−ᾱ) ε with that x0), and zeros where ``known`` is None."""
 
-    def __init__(self, known: torch.Tensor | None, alphas: torch.Tensor) -> None:
+    def __init__(self, known: torch.Tensor | None, alphas: torch.Tensor, prediction_type: str = "epsilon") -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))  # the dtype the MSE casts to
-        self.known, self.alphas = known, alphas
+        self.known, self.alphas, self.prediction_type = known, alphas, prediction_type
 
     def forward(self, x_t, t, encoder_hidden_states=None, added_cond_kwargs=None):
         if self.known is None:
@@ -59,7 +59,9 @@ class _Denoiser(torch.nn.Module):
         else:
             a = self.alphas[t].view(-1, 1, 1, 1)
             x0 = self.known.repeat(2, 1, 1, 1)  # the winners' latents for both halves of the batch
-            pred = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+            pred = (x_t - a.sqrt() * x0) / (1 - a).sqrt()  # ε
+            if self.prediction_type == "v_prediction":
+                pred = a.sqrt() * pred - (1 - a).sqrt() * x0
         return type("Out", (), {"sample": pred})()
 
 
@@ -93,6 +95,23 @@ def test_implicit_agreement_is_one_half_for_the_reference_and_follows_what_the_p
     turned = implicit_agreement(_Denoiser(winners, alphas), reference, _Pairs(losers, winners), 3, alphas, (0, 100),
                                 batch_size=10)
     assert (turned == 0.0).all()
+
+
+
+def test_implicit_agreement_of_a_v_prediction_model_measures_the_error_of_its_velocity():
+    from smpo_pipeline.evaluation import HeldOutDraws
+
+    alphas = torch.linspace(0.99, 0.05, 100)
+    g = torch.Generator().manual_seed(0)
+    winners, losers = torch.randn(10, 4, 4, 4, generator=g), torch.randn(10, 4, 4, 4, generator=g)
+    reference, pairs = _Denoiser(None, alphas), _Pairs(winners, losers)
+    learned = _Denoiser(winners, alphas, "v_prediction")  # predicts the winners' velocity exactly
+    draws = {kind: HeldOutDraws(pairs, 2, alphas, (0, 100), reference, batch_size=10, prediction_type=kind)
+             for kind in ("v_prediction", "epsilon")}
+    winner_errors = {kind: torch.cat([w for w, _ in d._errors(learned)[0]]) for kind, d in draws.items()}
+    assert winner_errors["v_prediction"].max() < 1e-10  # measured against v, the right target
+    assert winner_errors["epsilon"].min() > 1e-2
+    assert (draws["v_prediction"].agreement(learned) == 1.0).all()
 
 
 def _records(gains: dict[str, list[float]], base: np.ndarray, agreement: float = 0.6) -> dict:

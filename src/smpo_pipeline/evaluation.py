@@ -50,13 +50,13 @@ class HeldOutDraws:
     A tie counts half, so the reference itself scores ½."""
 
     def __init__(self, pairs, draws: int, alphas_cumprod, timestep_range, reference, seed: int = 0,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, prediction_type: str = "epsilon") -> None:
         import torch
 
-        from smpo_pipeline.training.step import add_noise
+        from smpo_pipeline.training.step import add_noise, prediction_target
 
         generator = torch.Generator().manual_seed(seed)
-        self.batches = []  # per batch: its conditioning, and per draw (x_t, t, ε)
+        self.batches = []  # per batch: its conditioning, and per draw (x_t, t, target)
         with torch.no_grad():
             for start in range(0, len(pairs), batch_size):
                 batch = pairs.batch(range(start, min(start + batch_size, len(pairs))))
@@ -66,7 +66,9 @@ class HeldOutDraws:
                 for _ in range(draws):
                     t = torch.randint(*timestep_range, (len(batch),), generator=generator).repeat(2)
                     noise = torch.randn(batch.latents_w.shape, generator=generator).repeat(2, 1, 1, 1)
-                    noised.append((add_noise(x0, noise, t, alphas_cumprod), t, noise))
+                    # the error is taken against the model's own target, ε or v (its schedule's prediction_type)
+                    target = prediction_target(x0, noise, t, alphas_cumprod, prediction_type)
+                    noised.append((add_noise(x0, noise, t, alphas_cumprod), t, target))
                 self.batches.append((cond, noised))
         self.reference_errors = self._errors(reference)
 
@@ -79,7 +81,7 @@ class HeldOutDraws:
         from smpo_pipeline.training.step import per_sample_mse
 
         with torch.no_grad():
-            return [[per_sample_mse(unet, x_t, t, noise, *cond).chunk(2) for x_t, t, noise in noised]
+            return [[per_sample_mse(unet, x_t, t, target, *cond).chunk(2) for x_t, t, target in noised]
                     for cond, noised in self.batches]
 
     def agreement(self, policy) -> np.ndarray:
@@ -94,9 +96,10 @@ class HeldOutDraws:
 
 
 def implicit_agreement(policy, reference, pairs, draws: int, alphas_cumprod, timestep_range, seed: int = 0,
-                       batch_size: int = 64) -> np.ndarray:
+                       batch_size: int = 64, prediction_type: str = "epsilon") -> np.ndarray:
     """``HeldOutDraws(...).agreement(policy)`` for one policy."""
-    return HeldOutDraws(pairs, draws, alphas_cumprod, timestep_range, reference, seed, batch_size).agreement(policy)
+    return HeldOutDraws(pairs, draws, alphas_cumprod, timestep_range, reference, seed, batch_size,
+                        prediction_type).agreement(policy)
 
 
 def win_rate(a: np.ndarray, b: np.ndarray, groups: np.ndarray, samples: int = 2000, confidence: float = 0.95,

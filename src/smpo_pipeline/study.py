@@ -186,12 +186,13 @@ class Measure:
     implicit agreement with the oracle on the held-out pairs (``evaluation.HeldOutDraws``)."""
 
     def __init__(self, prompts: list[str], seeds: list[int], protocol, batch_size: int, heldout, draws: int,
-                 alphas_cumprod, timestep_range, reference_unet) -> None:
+                 alphas_cumprod, timestep_range, reference_unet, prediction_type: str = "epsilon") -> None:
         from smpo_pipeline.evaluation import HeldOutDraws
         from smpo_pipeline.keys import digest, frame_digest
 
         self.prompts, self.seeds, self.protocol, self.batch_size = prompts, seeds, protocol, batch_size
-        self.heldout = HeldOutDraws(heldout, draws, alphas_cumprod, timestep_range, reference_unet)
+        self.heldout = HeldOutDraws(heldout, draws, alphas_cumprod, timestep_range, reference_unet,
+                                    prediction_type=prediction_type)
         self.key = digest(prompts, seeds, protocol.__dict__,
                           frame_digest(heldout.pairs, ["image_w_uid", "image_l_uid", "caption"]), draws,
                           tuple(timestep_range), code_digest_of_measures(), length=16)

@@ -132,9 +132,10 @@ def _measure(clean_pairs, oracle, base_model, cache_report: dict, prompts: list[
     prints = Fingerprints.of(base_model, inversion, cache.storage_dtype)
     check_cache(cache_report, prints, inversion, trajectories=False)
     pairs = CachedPairs(heldout, CacheReader(Path(cache.root)), prints, with_trajectories=False)
-    alphas = build_training_scheduler(noise_schedule(base_model)).alphas_cumprod
-    return Measure(grid, seeds, protocol, evaluation.batch_size, pairs, e.heldout_draws, alphas,
-                   train.timestep_range, base_model.unet)
+    schedule = noise_schedule(base_model)
+    return Measure(grid, seeds, protocol, evaluation.batch_size, pairs, e.heldout_draws,
+                   build_training_scheduler(schedule).alphas_cumprod, train.timestep_range, base_model.unet,
+                   prediction_type=schedule["prediction_type"])
 
 
 def train_and_measure_cells(study_labels, clean_pairs, reward_scores, base_model, cache_report: dict,
