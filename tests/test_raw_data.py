@@ -27,6 +27,21 @@ def test_the_shipped_base_model_loads_and_samples_in_stock_diffusers(stock_diffu
     assert result == {"unet": "UNet2DConditionModel", "shape": [32, 32, 3], "finite": True, "ours_imported": False}
 
 
+def test_the_shipped_base_model_was_trained_on_the_noise_schedule_the_bootstrap_names():
+    """The schedule is in the model's own scheduler config (what stock diffusers samples with and
+    what fine-tuning reads), and it is the one ``conf/base/parameters_bootstrap.yml`` names."""
+    import yaml
+
+    from smpo_pipeline.models.tiny_sdxl import sampling_spacing
+    from smpo_pipeline.params import NoiseScheduleParams
+
+    conf = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_bootstrap.yml").read_text())
+    schedule = NoiseScheduleParams(**conf["base_model"]["noise_schedule"]).as_dict()
+    saved = json.loads((RAW / "base_model/scheduler/scheduler_config.json").read_text())
+    assert {key: saved[key] for key in schedule} == schedule
+    assert {key: saved[key] for key in ("timestep_spacing", "steps_offset")} == sampling_spacing(schedule)
+
+
 def test_the_shipped_shards_are_pickapic_v2_with_several_pairs_per_prompt():
     shards = sorted((RAW / "pickapic").glob("*.parquet"))
     assert shards
