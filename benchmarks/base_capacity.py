@@ -14,13 +14,15 @@ mistake rates (``base_model.captions``). The UNet is the shipped one's config wi
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --unet-channels 32 64 64 64
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 2000 --layers-per-block 2 --attention-everywhere
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --position-offset 0.3
-    .venv/bin/python benchmarks/base_capacity.py --clean --steps 2000 --zero-terminal-snr
+    .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --zero-terminal-snr
+    .venv/bin/python benchmarks/base_capacity.py --caption-scale 0.5 --steps 3000 --zero-terminal-snr
 
 ``--position-offset F`` probes a world whose four off-centre positions lie F of the canvas from its
 centre instead of the shipped 0.203 (nearer the border, where zero padding tells a convolution where
 it is). The world has no setting for it: this process's ``world.render.POSITION_CENTRES``, which the
 renders and the oracle both read, is rewritten before anything is drawn.
 
+``--caption-scale F`` multiplies every shipped caption-mistake rate by F.
 ``--zero-terminal-snr`` trains on SDXL's betas rescaled to zero signal at t = 999 with
 v-prediction, and samples with "trailing" spacing (``models.tiny_sdxl.make_noise_schedule``; round 13):
 whether position is learned once the noise no longer carries the layout.
@@ -69,6 +71,8 @@ def _move_positions(offset: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true", help="captions without mistakes")
+    parser.add_argument("--caption-scale", type=float, default=1.0,
+                        help="multiply the shipped caption-mistake rates by this (0.5: half as many of each)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--unet-channels", type=int, nargs="+")
     parser.add_argument("--layers-per-block", type=int, default=1)
@@ -110,7 +114,9 @@ def main() -> None:
     text_encoders = (CLIPTextModel(shipped.text_encoder.config), CLIPTextModelWithProjection(shipped.text_encoder_2.config))
     u = base.unet
     rendered = [p for p in train for _ in range(u.renders_per_prompt)]
-    rates = dict.fromkeys(base.captions.rates(), 0.0) if args.clean else base.captions.rates()
+    if not 0 <= args.caption_scale <= 1 / max(base.captions.rates().values()):
+        raise SystemExit(f"--caption-scale {args.caption_scale}: every rate must stay within [0, 1]")
+    rates = {k: 0.0 if args.clean else v * args.caption_scale for k, v in base.captions.rates().items()}
     captions, mistakes = web_captions(rendered, rates, base.captions.seed)
 
     schedule = make_noise_schedule("v_prediction", zero_terminal_snr=True) if args.zero_terminal_snr else None
@@ -131,7 +137,7 @@ def main() -> None:
                                           captions=captions, on_checkpoint=measure)
 
     name = args.name or "_".join(filter(None, [
-        "clean" if args.clean else "shipped-captions",
+        "clean" if args.clean else "shipped-captions" if args.caption_scale == 1 else f"captions-x{args.caption_scale:g}",
         "unet" + "-".join(map(str, unet.config.block_out_channels)),
         f"layers{args.layers_per_block}", "attention-everywhere" if args.attention_everywhere else "",
         f"positions{args.position_offset:g}" if args.position_offset is not None else "",

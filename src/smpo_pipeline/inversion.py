@@ -65,8 +65,9 @@ def unet_dtype(unet) -> torch.dtype:
 
 
 def predict_noise(unet, z, timesteps, cond: dict, guidance_scale: float = 1.0):
-    """The UNet's prediction at (z, t | cond), ε or v as its schedule's ``prediction_type`` says (the
-    schedulers that step on it are built from the same schedule and convert), for ``timesteps`` (one int for the batch, or one per row); ``cond`` holds
+    """The UNet's prediction at (z, t | cond) for ``timesteps`` (one int for the batch, or one per
+    row): ε, or v for a v-prediction model, whose schedulers (built from the same schedule) convert
+    it when they step; a ReNoise step then averages v's. ``cond`` holds
     ``prompt_embeds``, ``pooled`` and ``time_ids``. Guidance 1 is the conditional prediction alone;
     above 1, classifier-free guidance with zeroed unconditional embeddings (what
     ``force_zeros_for_empty_prompt`` feeds SDXL). Inputs are cast to the UNet's dtype."""
