@@ -87,11 +87,14 @@ def test_the_same_seed_gives_the_same_image_and_images_are_generated_once(tiny_p
     protocol = SamplingProtocol(steps=3, guidance_scale=3.0, resolution=32)
     prompts, seeds = ["a red circle", "a red circle", "a blue square"], [7, 8, 7]
     first = generate_cached(pipe, fp, prompts, seeds, protocol, tmp_path / "a", batch_size=2)
-    # A separate cache, other batching and the prompt first alone: the same (model, prompt, seed) → same pixels.
+    # A separate cache, other batching and the prompt first alone: the same (model, prompt, seed) → the
+    # same picture. Up to rounding: PyTorch does not promise bit-identical convolutions across batch
+    # sizes, and a value on a rounding edge of the 8-bit PNG can move by one level (seen under one test
+    # order); another seed changes the picture by tens of levels.
     again = generate_cached(pipe, fp, prompts[:1], seeds[:1], protocol, tmp_path / "b", batch_size=1)
-    pixels = lambda p: np.asarray(Image.open(p))  # noqa: E731
-    assert np.array_equal(pixels(first[0]), pixels(again[0]))
-    assert not np.array_equal(pixels(first[0]), pixels(first[1]))  # another seed, another image
+    pixels = lambda p: np.asarray(Image.open(p)).astype(int)  # noqa: E731
+    assert np.abs(pixels(first[0]) - pixels(again[0])).max() <= 1
+    assert np.abs(pixels(first[0]) - pixels(first[1])).mean() > 5  # another seed, another image
     stamps = [p.stat().st_mtime_ns for p in first]
     first[2].write_bytes(b"not a png")  # a damaged cache entry is generated again, the others are reused
     redone = generate_cached(pipe, fp, prompts, seeds, protocol, tmp_path / "a", batch_size=2)
