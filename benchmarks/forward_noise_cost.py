@@ -30,18 +30,19 @@ def main() -> None:
     from smpo_pipeline.runtime import apply_project_environment
 
     apply_project_environment()  # offline, telemetry off
-    from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLPipeline
 
     from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler, noise_schedule
     from smpo_pipeline.training.step import PairBatch, preference_loss
 
     pipe = StableDiffusionXLPipeline.from_pretrained(args.model)
     policy, reference = pipe.unet.train(), copy.deepcopy(pipe.unet).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
-    alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod
+    schedule = noise_schedule(pipe)  # the model's own: its ᾱ and its target
+    alphas = build_training_scheduler(schedule).alphas_cumprod
     inv = InversionConfig(num_steps=args.num_steps, renoise_iterations=args.renoise)
-    scheduler = inverse_scheduler(NOISE_SCHEDULE, args.num_steps)
+    scheduler = inverse_scheduler(schedule, args.num_steps)
     g = torch.Generator().manual_seed(0)
     b, c, s = args.pairs, pipe.unet.config.in_channels, pipe.unet.config.sample_size
     latents = torch.randn(2 * b, c, s, s, generator=g)
@@ -54,7 +55,8 @@ def main() -> None:
     def step(mode, objective):
         t = torch.randint(0, 1000, (b,), generator=g)
         start = time.perf_counter()
-        loss, _ = preference_loss(policy, reference, batch, t, objective, 5000.0, 10.0, mode, alphas, g, scheduler, inv)
+        loss, _ = preference_loss(policy, reference, batch, t, objective, 5000.0, 10.0, mode, alphas, g, scheduler, inv,
+                                  prediction_type=schedule["prediction_type"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

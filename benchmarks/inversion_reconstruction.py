@@ -32,7 +32,7 @@ def main() -> None:
         renoise_inversion,
     )
     from smpo_pipeline.models.conditioning import encode_prompts, time_ids
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.training.pretraining import render_batch
     from smpo_pipeline.world.grammar import split_compositions
 
@@ -44,12 +44,13 @@ def main() -> None:
         x0 = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
         embeds, pooled = encode_prompts((pipe.tokenizer, pipe.tokenizer_2), (pipe.text_encoder, pipe.text_encoder_2), prompts)
     cond = {"prompt_embeds": embeds, "pooled": pooled, "time_ids": time_ids(resolution, len(prompts))}
-    scheduler = inverse_scheduler(NOISE_SCHEDULE, args.steps)
+    schedule = noise_schedule(pipe)  # the model's own (its prediction type: ε or v)
+    scheduler = inverse_scheduler(schedule, args.steps)
     print(f"{args.images} test-prompt renders, K = {args.steps}, guidance 1 (prompt only)")
     print(f"{'R':>3} {'UNet passes':>12} {'relative MSE of x0':>20}")
     for r in range(4):
         trajectory = renoise_inversion(pipe.unet, x0, cond, scheduler, InversionConfig(num_steps=args.steps, renoise_iterations=r))
-        back = ddim_reconstruct(pipe.unet, trajectory[-1], cond, NOISE_SCHEDULE, args.steps)
+        back = ddim_reconstruct(pipe.unet, trajectory[-1], cond, schedule, args.steps)
         error = ((back - x0) ** 2).mean() / (x0**2).mean()
         print(f"{r:>3} {args.steps * (r + 1):>12} {error.item():>20.4f}")
 

@@ -33,7 +33,7 @@ def _setup(args):
     import torch
 
     from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE, noise_schedule
     from smpo_pipeline.training.step import PairBatch
 
     device = args.device or ("cuda" if args.model == "sdxl" else "cpu")
@@ -46,6 +46,7 @@ def _setup(args):
         # The latent side follows the pixel side (VAE factor 8); the UNet itself is size-agnostic.
         unet.register_to_config(sample_size=args.resolution // 8)
         tokens, width, pooled_dim, size = 77, 2048, 1280, args.resolution
+        schedule = NOISE_SCHEDULE  # SDXL's own
     else:
         from diffusers import StableDiffusionXLPipeline
 
@@ -54,6 +55,7 @@ def _setup(args):
         tokens, width = pipe.tokenizer.model_max_length, unet.config.cross_attention_dim
         pooled_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
         size = unet.config.sample_size * pipe.vae_scale_factor
+        schedule = noise_schedule(pipe)  # the model's own: its ᾱ and its target (ε or v)
     if args.channels_last:  # NHWC: oneDNN's preferred layout for CPU convolutions
         unet = unet.to(memory_format=torch.channels_last)
     reference = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -71,26 +73,26 @@ def _setup(args):
     pooled = torch.randn(b, pooled_dim, generator=g).to(device, dtype)
     tids = torch.tensor([[size, size, 0, 0, size, size]], dtype=dtype).repeat(b, 1).to(device)
     inv = InversionConfig(num_steps=args.num_steps, renoise_iterations=args.renoise)
-    scheduler = inverse_scheduler(NOISE_SCHEDULE, args.num_steps)
+    scheduler = inverse_scheduler(schedule, args.num_steps)
     cond = {"prompt_embeds": embeds.repeat(2, 1, 1), "pooled": pooled.repeat(2, 1), "time_ids": tids.repeat(2, 1)}
     with torch.no_grad():  # what the cache holds: the reference's trajectories
         traj = renoise_inversion(reference, latents, cond, scheduler, inv).transpose(0, 1)
     batch = PairBatch(latents[:b], latents[b:], embeds, pooled, tids, torch.full((b,), 0.6, device=device),
                       traj[:b], traj[b:])
-    return policy, reference, optimizer, batch, scheduler, inv, device, size
+    return policy, reference, optimizer, batch, scheduler, inv, device, size, schedule
 
 
 def run_one(args) -> dict:
     import torch
-    from diffusers import DDPMScheduler
     from torch.utils.flop_counter import FlopCounterMode
 
-    from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
+    from smpo_pipeline.models.tiny_sdxl import build_training_scheduler
     from smpo_pipeline.training.replay import SamplerConfig, sample_policy_states
     from smpo_pipeline.training.step import DROBatch, dro_batch_loss, preference_loss
 
-    policy, reference, optimizer, batch, scheduler, inv, device, size = _setup(args)
-    alphas = DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod.to(device)
+    policy, reference, optimizer, batch, scheduler, inv, device, size, schedule = _setup(args)
+    alphas = build_training_scheduler(schedule).alphas_cumprod.to(device)
+    target = schedule["prediction_type"]
     g = torch.Generator().manual_seed(1)
     b = len(batch)
 
@@ -98,13 +100,13 @@ def run_one(args) -> dict:
         t = torch.randint(0, 1000, (b,), generator=g).to(device)
         if objective == "dro":  # M = 1: a fresh policy state per row every step, then the hinge
             cond = {"prompt_embeds": batch.prompt_embeds, "pooled": batch.pooled, "time_ids": batch.time_ids}
-            x_t, ts, eps = sample_policy_states(policy, cond, batch.latents_w.shape[1:], NOISE_SCHEDULE,
+            x_t, ts, eps = sample_policy_states(policy, cond, batch.latents_w.shape[1:], schedule,
                                                 SamplerConfig(steps=args.sampler_steps), g)
             dro = DROBatch(batch.latents_w, batch.prompt_embeds, batch.pooled, batch.time_ids, x_t, ts.to(device), eps)
-            return dro_batch_loss(policy, reference, dro, 0.001, alphas, g)[0]
+            return dro_batch_loss(policy, reference, dro, 0.001, alphas, g, prediction_type=target)[0]
         mode = {"dpo": "none", "smpo-cached": "cached", "smpo-online": "online"}[objective]
         return preference_loss(policy, reference, batch, t, objective.split("-")[0], 5000.0, 10.0, mode, alphas, g,
-                               scheduler, inv)[0]
+                               scheduler, inv, prediction_type=target)[0]
 
     def step():
         if device == "cuda":
