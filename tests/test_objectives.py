@@ -91,6 +91,8 @@ def test_min_snr_weights_of_v_prediction_clamp_snr_plus_one_and_keep_the_pure_no
     assert w[-1] == 1.0 and w[0] < 0.01  # the words-only step counts fully; the near-clean one is shrunk
     with pytest.raises(ValueError, match="prediction_type"):
         timestep_weights(t, alphas, 5.0, "sample")
+    with pytest.raises(ValueError, match="zero SNR"):  # ε is undefined where ᾱ = 0: refused, never NaN
+        timestep_weights(t, alphas, 5.0, "epsilon")
 
 
 def test_the_v_target_is_diffusers_velocity_and_recovers_x0_from_x_t():

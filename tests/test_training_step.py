@@ -282,6 +282,15 @@ def test_training_reads_the_models_own_noise_schedule(tiny_pipeline_dir):
     assert torch.allclose(loss.alphas, DDPMScheduler(**schedule).alphas_cumprod)
     assert not torch.allclose(loss.alphas, DDPMScheduler(**NOISE_SCHEDULE).alphas_cumprod)
     assert loss.scheduler.config.beta_end == 0.02
+    # The cached ReNoise trajectories are keyed by the schedule they were inverted on, not the weights alone.
+    from smpo_pipeline.training.cache import Fingerprints
+
+    inversion = InversionConfig(num_steps=5, renoise_iterations=1)
+    prints = Fingerprints.of(pipe, inversion)
+    assert prints.trajectory_key("u", "c") != Fingerprints.of(StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir),
+                                                              inversion).trajectory_key("u", "c")
+    assert prints.latent_key("u") == Fingerprints.of(StableDiffusionXLPipeline.from_pretrained(tiny_pipeline_dir),
+                                                     inversion).latent_key("u")
 
 
 def test_a_v_prediction_model_is_fine_tuned_on_v_targets_for_every_forward_noise(setup):

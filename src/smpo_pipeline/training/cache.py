@@ -60,13 +60,16 @@ class Fingerprints:
     @classmethod
     def of(cls, pipe, inversion: InversionConfig, storage_dtype: str = "float32") -> Fingerprints:
         """The fingerprints of a pipeline's VAE, text encoders (with their tokenizers) and UNet (the
-        reference), of the code,
+        reference, with its noise schedule), of the code,
         and the storage dtype: every value an entry holds depends on them."""
+        from smpo_pipeline.models.tiny_sdxl import noise_schedule
+
         return cls(
             vae=module_fingerprint(pipe.vae),
             text=digest(module_fingerprint(torch.nn.ModuleList([pipe.text_encoder, pipe.text_encoder_2])),
                         tokenizer_fingerprint(pipe.tokenizer, pipe.tokenizer_2), length=16),
-            unet=module_fingerprint(pipe.unet),
+            # the reference UNet with the schedule it is inverted on (its prediction type and ᾱ)
+            unet=digest(module_fingerprint(pipe.unet), noise_schedule(pipe), length=16),
             resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
             inversion=inversion,
             code=code_digest("smpo_pipeline.training.cache"),

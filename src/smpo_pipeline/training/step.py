@@ -68,10 +68,10 @@ def timestep_weights(timesteps, alphas_cumprod, min_snr_gamma: float | None,
     (docs/regime.md).
 
     Min-SNR-γ (Hang et al. 2023, eq. 9) weights the x0-error by min(SNR_t, γ). An ε-error is SNR_t
-    times the x0-error, hence min(SNR, γ)/SNR; a v-error is (SNR_t + 1) times it, and the weight is
-    min(SNR + 1, γ)/(SNR + 1), as diffusers' first Min-SNR script had it: unlike min(SNR, γ)/(SNR + 1)
-    it keeps weight 1 where SNR → 0, so at zero terminal SNR the steps that place the layout from the
-    words alone still count."""
+    times the x0-error, hence min(SNR, γ)/SNR. A v-error is (SNR_t + 1) times it; Hang et al.'s rule
+    would give min(SNR, γ)/(SNR + 1), which is 0 at zero terminal SNR. This uses min(SNR + 1, γ)/(SNR + 1)
+    instead (the x0-error weighted by min(SNR + 1, γ), as diffusers' first Min-SNR script had it), a
+    deliberate variant: the pure-noise step, where the words alone must place the layout, keeps weight 1."""
     if min_snr_gamma is None:
         return None
     a = alphas_cumprod.to(timesteps.device)[timesteps]
@@ -79,6 +79,9 @@ def timestep_weights(timesteps, alphas_cumprod, min_snr_gamma: float | None,
     if prediction_type == "v_prediction":
         return torch.clamp(snr + 1, max=min_snr_gamma) / (snr + 1)
     if prediction_type == "epsilon":
+        if bool((snr == 0).any()):
+            raise ValueError("ε-prediction on a schedule that reaches zero SNR: the ε target is undefined at "
+                             "t where ᾱ_t = 0; use prediction_type v_prediction")
         return torch.clamp(snr, max=min_snr_gamma) / snr
     raise ValueError(f"unknown prediction_type {prediction_type!r}: epsilon or v_prediction")
 
