@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,31 @@ def test_the_training_loop_reads_the_cache_and_trains_with_every_forward_noise(t
     assert len(records) == 3 and {"loss", "grad_norm", "lr", "implicit_accuracy", "weighted_margin"} <= set(records[0])
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # the reference is untouched
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+@pytest.mark.parametrize("objective, inversion", [("dpo", "none"), ("smpo", "online"), ("dro", "none")])
+def test_the_training_loop_trains_a_v_prediction_model_on_a_zero_terminal_snr_schedule(tiny_pipeline_dir, tmp_path,
+                                                                                       objective, inversion):
+    """The loop end to end on a v schedule: finite losses, a moved policy, DRO's sampler on it too."""
+    from smpo_pipeline.models.tiny_sdxl import make_noise_schedule
+    from smpo_pipeline.training.config import DROConfig, TrainConfig
+    from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
+    from smpo_pipeline.training.replay import SamplerConfig
+    from smpo_pipeline.training.trainer import train_preference
+
+    pipe, pairs, reader, prints = training_set(tiny_pipeline_dir, tmp_path, probs=(0.9, 0.7, 0.6, 0.55))
+    extra = {"dro": DROConfig(states_per_step=1, buffer_size=4, sampler=SamplerConfig(steps=3))} if objective == "dro" else {}
+    config = TrainConfig(objective=objective, beta=5000.0, gamma=10.0, forward_noise=inversion, steps=2, batch_size=2,
+                         learning_rate=1e-4, warmup_steps=1, grad_clip=1.0, caption_dropout=0.2, seed=0, **extra)
+    experts = CachedExperts(expert_pool(pairs), reader, prints) if objective == "dro" else None
+    records = []
+    policy = train_preference(pipe.unet, CachedPairs(pairs, reader, prints, False), config,
+                              InversionConfig(num_steps=5, renoise_iterations=1),
+                              make_noise_schedule("v_prediction", zero_terminal_snr=True),
+                              lambda step, r: records.append(r), experts)
+    assert len(records) == 2 and all(np.isfinite(r["loss"]) for r in records)
+    assert any(not torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), policy.state_dict().values(),
+                                                     strict=True))
 
 
 def test_the_evaluate_hook_sees_the_policy_on_schedule_and_timesteps_stay_in_their_range(tiny_pipeline_dir, tmp_path,

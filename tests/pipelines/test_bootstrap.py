@@ -49,10 +49,11 @@ def test_bootstrap_saves_a_loadable_base_model_and_a_report(bootstrapped):
 
     pipe = StableDiffusionXLPipeline.from_pretrained(bootstrapped / "data/01_raw/base_model")
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the trained VAE's latents
-    # base_model.noise_schedule (conf/base) travels in the scheduler's config, as stock diffusers reads it
+    # base_model.noise_schedule (here the reduced run's ε) travels in the scheduler's config, as stock
+    # diffusers reads it (the shipped base's v schedule: tests/test_raw_data.py)
     scheduler = pipe.scheduler.config
     assert (scheduler.prediction_type, scheduler.rescale_betas_zero_snr, scheduler.timestep_spacing) == \
-        ("v_prediction", True, "trailing")
+        ("epsilon", False, "leading")
     report = json.loads((bootstrapped / "reports/bootstrap.json").read_text())
     assert set(report["test_prompts"]["base_model"]["accuracy"]) == {"background", "color", "position", "size", "shape"}
     assert report["test_prompts"]["ideal_renders"]["accuracy"]["background"] == 1.0
