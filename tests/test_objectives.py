@@ -122,7 +122,7 @@ def test_a_zero_terminal_snr_schedule_needs_v_prediction_and_samples_from_t_999(
         make_noise_schedule("epsilon", zero_terminal_snr=True)
     with pytest.raises(ValueError, match="v_prediction"):
         NoiseScheduleParams(zero_terminal_snr=True)
-    sampler = build_sampling_scheduler(NoiseScheduleParams(prediction_type="v_prediction", zero_terminal_snr=True).as_dict())
+    sampler = build_sampling_scheduler(make_noise_schedule("v_prediction", zero_terminal_snr=True))
     sampler.set_timesteps(20)
     assert sampler.timesteps[0] == 999 and sampler.config.timestep_spacing == "trailing"
     sdxl = build_sampling_scheduler()

@@ -32,11 +32,12 @@ def test_the_shipped_base_model_was_trained_on_the_noise_schedule_the_bootstrap_
     what fine-tuning reads), and it is the one ``conf/base/parameters_bootstrap.yml`` names."""
     import yaml
 
-    from smpo_pipeline.models.tiny_sdxl import sampling_spacing
+    from smpo_pipeline.models.tiny_sdxl import make_noise_schedule, sampling_spacing
     from smpo_pipeline.params import NoiseScheduleParams
 
     conf = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_bootstrap.yml").read_text())
-    schedule = NoiseScheduleParams(**conf["base_model"]["noise_schedule"]).as_dict()
+    named = NoiseScheduleParams(**conf["base_model"]["noise_schedule"])
+    schedule = make_noise_schedule(named.prediction_type, named.zero_terminal_snr)
     saved = json.loads((RAW / "base_model/scheduler/scheduler_config.json").read_text())
     assert {key: saved[key] for key in schedule} == schedule
     assert {key: saved[key] for key in ("timestep_spacing", "steps_offset")} == sampling_spacing(schedule)

@@ -100,11 +100,6 @@ class NoiseScheduleParams(_Section):
             raise ValueError("zero_terminal_snr: true needs prediction_type: v_prediction (ε is undefined at SNR 0)")
         return self
 
-    def as_dict(self) -> dict:
-        from smpo_pipeline.models.tiny_sdxl import make_noise_schedule
-
-        return make_noise_schedule(self.prediction_type, self.zero_terminal_snr)
-
 
 class UNetTrainingParams(_Section):
     steps: PositiveInt = 700

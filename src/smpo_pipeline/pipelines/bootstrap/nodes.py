@@ -84,6 +84,7 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
         build_text_encoders,
         build_unet,
         count_parameters,
+        make_noise_schedule,
     )
     from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
     from smpo_pipeline.world.captions import web_captions
@@ -96,7 +97,7 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
     u = b.unet
     rendered = [p for p in prompts_train for _ in range(u.renders_per_prompt)]
     captions, mistakes = web_captions(rendered, b.captions.rates(), b.captions.seed)
-    schedule = b.noise_schedule.as_dict()
+    schedule = make_noise_schedule(b.noise_schedule.prediction_type, b.noise_schedule.zero_terminal_snr)
     curve = []
 
     def measure(step: int, ema) -> None:
