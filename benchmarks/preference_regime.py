@@ -254,6 +254,8 @@ def main() -> None:
 
 
 def _plot(sweep: dict, results: dict, base_reward: float, context: str, path: Path) -> None:
+    import itertools
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,7 +264,7 @@ def _plot(sweep: dict, results: dict, base_reward: float, context: str, path: Pa
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     # 20 distinct colours (the default cycle repeats after 10), and the objective as the line style
-    colours = iter(plt.get_cmap("tab20").colors * 2)
+    colours = itertools.cycle(plt.get_cmap("tab20").colors)
     styles = {"dpo": "-", "smpo": "--", "dro": ":", "sft": "-."}
     for config in sweep["configs"]:
         runs = [v["curve"] for k, v in results.items() if k.split("/")[0] == config["name"] and v.get("context") == context]
@@ -274,9 +276,9 @@ def _plot(sweep: dict, results: dict, base_reward: float, context: str, path: Pa
         colour, style = next(colours), styles.get(config.get("objective"), "-")
         for ax, key in zip(axes, ("step", "cpu_seconds"), strict=True):
             x = np.mean([[0.0] + [p[key] for p in c[:n]] for c in runs], axis=0)
-            line = ax.plot(x, reward.mean(0), marker="o", ms=3, color=colour, linestyle=style,
-                           label=f"{config['name']} ({len(runs)})")[0]
-            ax.fill_between(x, reward.min(0), reward.max(0), color=line.get_color(), alpha=0.15)
+            ax.plot(x, reward.mean(0), marker="o", ms=3, color=colour, linestyle=style,
+                    label=f"{config['name']} ({len(runs)})")
+            ax.fill_between(x, reward.min(0), reward.max(0), color=colour, alpha=0.15)
     axes[0].set(xlabel="optimiser step", ylabel="validation reward − base", title=sweep["name"])
     axes[1].set(xlabel="CPU seconds of training")
     for ax in axes:
