@@ -16,13 +16,15 @@ mistake rates (``base_model.captions``). The UNet is the shipped one's config wi
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --position-offset 0.3
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --zero-terminal-snr
     .venv/bin/python benchmarks/base_capacity.py --caption-scale 0.5 --steps 3000 --zero-terminal-snr
+    .venv/bin/python benchmarks/base_capacity.py --caption-scale 0.3 --rate position=0.35 --steps 3000 --zero-terminal-snr
 
 ``--position-offset F`` probes a world whose four off-centre positions lie F of the canvas from its
 centre instead of the shipped 0.203 (nearer the border, where zero padding tells a convolution where
 it is). The world has no setting for it: this process's ``world.render.POSITION_CENTRES``, which the
 renders and the oracle both read, is rewritten before anything is drawn.
 
-``--caption-scale F`` multiplies every shipped caption-mistake rate by F.
+``--caption-scale F`` multiplies every shipped caption-mistake rate by F; ``--rate KIND=R`` then sets
+one kind's rate (repeatable): which mistakes, at which rates, keep the UNet from learning an attribute.
 ``--zero-terminal-snr`` trains on SDXL's betas rescaled to zero signal at t = 999 with
 v-prediction, and samples with "trailing" spacing (``models.tiny_sdxl.make_noise_schedule``; round 13):
 whether position is learned once the noise no longer carries the layout.
@@ -73,6 +75,8 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="captions without mistakes")
     parser.add_argument("--caption-scale", type=float, default=1.0,
                         help="multiply the shipped caption-mistake rates by this (0.5: half as many of each)")
+    parser.add_argument("--rate", action="append", default=[], metavar="KIND=R",
+                        help="set one caption-mistake rate after --caption-scale (repeatable), e.g. position=0.35")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--unet-channels", type=int, nargs="+")
     parser.add_argument("--layers-per-block", type=int, default=1)
@@ -117,6 +121,11 @@ def main() -> None:
     if not 0 <= args.caption_scale <= 1 / max(base.captions.rates().values()):
         raise SystemExit(f"--caption-scale {args.caption_scale}: every rate must stay within [0, 1]")
     rates = {k: 0.0 if args.clean else v * args.caption_scale for k, v in base.captions.rates().items()}
+    for item in args.rate:
+        kind, _, value = item.partition("=")
+        if kind not in rates or not value:
+            raise SystemExit(f"--rate {item}: expected KIND=R with KIND one of {sorted(rates)}")
+        rates[kind] = float(value)
     captions, mistakes = web_captions(rendered, rates, base.captions.seed)
 
     schedule = make_noise_schedule("v_prediction", zero_terminal_snr=True) if args.zero_terminal_snr else None
@@ -138,11 +147,12 @@ def main() -> None:
 
     name = args.name or "_".join(filter(None, [
         "clean" if args.clean else "shipped-captions" if args.caption_scale == 1 else f"captions-x{args.caption_scale:g}",
+        "-".join(a.replace("=", "") for a in args.rate),
         "unet" + "-".join(map(str, unet.config.block_out_channels)),
         f"layers{args.layers_per_block}", "attention-everywhere" if args.attention_everywhere else "",
         f"positions{args.position_offset:g}" if args.position_offset is not None else "",
         "zero-terminal-snr" if args.zero_terminal_snr else ""]))
-    report = {"name": name, "steps": args.steps, "caption_mistake_shares": mistakes,
+    report = {"name": name, "steps": args.steps, "caption_mistake_rates": rates, "caption_mistake_shares": mistakes,
               "position_centres": {k: list(v) for k, v in POSITION_CENTRES.items()},
               "unet_config": {k: unet.config[k] for k in ("block_out_channels", "down_block_types", "layers_per_block")},
               "unet_parameters": count_parameters(unet),
