@@ -15,16 +15,21 @@ mistake rates (``base_model.captions``). The UNet is the shipped one's config wi
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 2000 --layers-per-block 2 --attention-everywhere
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --position-offset 0.3
     .venv/bin/python benchmarks/base_capacity.py --clean --steps 3000 --zero-terminal-snr
-    .venv/bin/python benchmarks/base_capacity.py --caption-scale 0.5 --steps 3000 --zero-terminal-snr
-    .venv/bin/python benchmarks/base_capacity.py --caption-scale 0.3 --rate position=0.35 --steps 3000 --zero-terminal-snr
+    .venv/bin/python benchmarks/base_capacity.py --steps 3000 --zero-terminal-snr \
+        --rate swap_colors=0.25 --rate position=0.35 --rate color=0.15 --rate shape=0.3 --rate size=0.2 --caption-scale 0.5
+    .venv/bin/python benchmarks/base_capacity.py --steps 3000 --zero-terminal-snr \
+        --rate swap_colors=0.075 --rate position=0.35 --rate color=0.045 --rate shape=0.09 --rate size=0.06
 
 ``--position-offset F`` probes a world whose four off-centre positions lie F of the canvas from its
 centre instead of the shipped 0.203 (nearer the border, where zero padding tells a convolution where
 it is). The world has no setting for it: this process's ``world.render.POSITION_CENTRES``, which the
 renders and the oracle both read, is rewritten before anything is drawn.
 
-``--caption-scale F`` multiplies every shipped caption-mistake rate by F; ``--rate KIND=R`` then sets
-one kind's rate (repeatable): which mistakes, at which rates, keep the UNet from learning an attribute.
+The caption-mistake rates start from ``base_model.captions`` in ``conf/base/parameters_bootstrap.yml``
+as it stands; ``--rate KIND=R`` sets one kind's rate (repeatable), and ``--caption-scale F`` then
+multiplies every rate by F: which mistakes, at which rates, keep the UNet from learning an attribute.
+The examples above spell every rate out, so they mean the same runs whatever the shipped rates are
+(the first is round 13's, every rate of that time halved; the second round 15's).
 ``--zero-terminal-snr`` trains on SDXL's betas rescaled to zero signal at t = 999 with
 v-prediction, and samples with "trailing" spacing (``models.tiny_sdxl.make_noise_schedule``; round 13):
 whether position is learned once the noise no longer carries the layout.
@@ -74,9 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true", help="captions without mistakes")
     parser.add_argument("--caption-scale", type=float, default=1.0,
-                        help="multiply the shipped caption-mistake rates by this (0.5: half as many of each)")
+                        help="multiply the caption-mistake rates by this, after --rate (0.5: half as many of each)")
     parser.add_argument("--rate", action="append", default=[], metavar="KIND=R",
-                        help="set one caption-mistake rate after --caption-scale (repeatable), e.g. position=0.35")
+                        help="set one caption-mistake rate (repeatable), e.g. position=0.35")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--unet-channels", type=int, nargs="+")
     parser.add_argument("--layers-per-block", type=int, default=1)
@@ -118,14 +123,19 @@ def main() -> None:
     text_encoders = (CLIPTextModel(shipped.text_encoder.config), CLIPTextModelWithProjection(shipped.text_encoder_2.config))
     u = base.unet
     rendered = [p for p in train for _ in range(u.renders_per_prompt)]
-    if not 0 <= args.caption_scale <= 1 / max(base.captions.rates().values()):
-        raise SystemExit(f"--caption-scale {args.caption_scale}: every rate must stay within [0, 1]")
-    rates = {k: 0.0 if args.clean else v * args.caption_scale for k, v in base.captions.rates().items()}
+    rates = base.captions.rates()
     for item in args.rate:
         kind, _, value = item.partition("=")
-        if kind not in rates or not value:
-            raise SystemExit(f"--rate {item}: expected KIND=R with KIND one of {sorted(rates)}")
-        rates[kind] = float(value)
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if kind not in rates or not 0 <= rate <= 1:
+            raise SystemExit(f"--rate {item}: expected KIND=R with KIND one of {sorted(rates)} and R in [0, 1]")
+        rates[kind] = rate
+    if not 0 <= args.caption_scale * max(rates.values()) <= 1:
+        raise SystemExit(f"--caption-scale {args.caption_scale}: every rate must stay within [0, 1]")
+    rates = {k: 0.0 if args.clean else v * args.caption_scale for k, v in rates.items()}
     captions, mistakes = web_captions(rendered, rates, base.captions.seed)
 
     schedule = make_noise_schedule("v_prediction", zero_terminal_snr=True) if args.zero_terminal_snr else None
