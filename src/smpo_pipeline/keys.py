@@ -165,3 +165,10 @@ def code_digest(module: str, length: int = 12) -> str:
         parts.append((str(path.relative_to(PACKAGE_ROOT)), code))
         todo += sorted(imports)
     return digest(sorted(parts), length=length)
+
+
+def train_pairs_digest(clean_pairs) -> str:
+    """A digest of the train split of the clean pairs (which images, caption and label): recorded
+    with a learned reward model, so that the ``rewards`` stage can refuse one trained on other pairs."""
+    train = clean_pairs[clean_pairs.split == "train"]
+    return frame_digest(train, ("image_0_uid", "image_1_uid", "caption", "label_0"))[:16]

@@ -57,3 +57,19 @@ def test_a_second_run_scores_nothing_and_training_can_take_the_label_order(score
     decided = pairs.label_winner >= 0
     assert (pairs.winner[decided] == pairs.label_winner[decided]).all()
     assert (pairs.p[~pairs.orders_agree & decided] < 0.5).any()  # the reward disagrees: p below ½
+
+
+def test_a_reward_model_trained_on_other_pairs_is_refused_before_anything_is_scored():
+    from smpo_pipeline.keys import train_pairs_digest
+    from smpo_pipeline.params import DataParams, RewardsParams
+    from smpo_pipeline.pipelines.rewards.nodes import score_pair_images
+
+    pairs = pd.DataFrame({"image_0_uid": ["a", "c"], "image_1_uid": ["b", "d"], "caption": ["x", "y"],
+                          "label_0": [1.0, 0.0], "split": ["train", "validation"]})
+    relabelled = pairs.assign(label_0=[0.0, 0.0])  # the train pair's label changed
+    summary = {"trained": True, "run_id": "r1", "train_pairs_digest": train_pairs_digest(pairs)}
+    assert train_pairs_digest(pairs.assign(label_0=[1.0, 1.0])) == summary["train_pairs_digest"]  # held-out rows don't count
+    with pytest.raises(ValueError, match=r"reward_model_training: the reward model of run r1 was trained on other pairs"):
+        score_pair_images(relabelled, summary, RewardsParams(), DataParams())
+    with pytest.raises(ValueError, match="kedro run --pipelines reward_model,rewards"):
+        score_pair_images(pairs, summary | {"train_pairs_digest": None}, RewardsParams(), DataParams())

@@ -27,6 +27,7 @@ def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataP
     a summary). A re-run with the same pairs and settings finds its finished run and trains
     nothing; a killed run resumes from its latest checkpoint."""
     from smpo_pipeline.datasets import NotTrained
+    from smpo_pipeline.keys import train_pairs_digest
     from smpo_pipeline.rewards.pickscore_training import (
         initial_scorer,
         pair_tensors,
@@ -51,7 +52,8 @@ def train_reward_model(clean_pairs, reward_model: RewardModelParams, data: DataP
     log.info("reward model: %s run %s (%d of %d steps done)",
              {"new": "starting", "finished": "reusing the finished"}.get(reuse, "resuming"), run_id, done, steps)
     model, losses = train_scorer(model, tensors, reward_model.training, checkpoint_dir, reward_model.checkpoint_every)
-    summary = {"trained": True, "run_id": run_id, "reuse": reuse, "train_pairs": len(train), "steps": steps,
+    summary = {"trained": True, "run_id": run_id, "reuse": reuse, "train_pairs": len(train),
+               "train_pairs_digest": train_pairs_digest(clean_pairs), "steps": steps,
                "steps_run_now": len(losses), "init": reward_model.init or "built from reward_model.size",
                "parameters": sum(p.numel() for p in model.parameters()),
                "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None}
