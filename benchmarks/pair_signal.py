@@ -16,14 +16,13 @@ import io
 from pathlib import Path
 
 SHARDS = Path("data/01_raw/pickapic")
-ATTRIBUTES = ("background", "color", "size", "shape", "position")
 
 
 def right_attributes(jpeg: bytes, caption: str) -> dict[str, bool]:
     from PIL import Image
 
     from smpo_pipeline.world.grammar import parse_prompt
-    from smpo_pipeline.world.oracle import read_image
+    from smpo_pipeline.world.oracle import ATTRIBUTES, read_image
 
     reading, comp = read_image(Image.open(io.BytesIO(jpeg)).convert("RGB")), parse_prompt(caption)
     return {a: reading.detected[a] == getattr(comp, a) for a in ATTRIBUTES}
@@ -34,6 +33,8 @@ def main() -> None:
 
     import pandas as pd
     from tqdm import tqdm
+
+    from smpo_pipeline.world.oracle import ATTRIBUTES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=Path, default=SHARDS, help=f"a directory of parquet shards (default {SHARDS})")

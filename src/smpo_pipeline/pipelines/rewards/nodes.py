@@ -44,15 +44,15 @@ def score_pair_images(clean_pairs, reward_model_training: dict, rewards: Rewards
 
     from smpo_pipeline.keys import train_pairs_digest
 
-    trained_on, these = reward_model_training.get("train_pairs_digest"), train_pairs_digest(clean_pairs)
-    if reward_model_training.get("trained") and trained_on != these:
-        # A partial run after new raw pairs (`--pipelines data,rewards`) would otherwise smooth them
-        # with the model on disk, learned from the old ones.
-        raise ValueError(
-            f"reward_model_training: the reward model of run {reward_model_training.get('run_id')} was trained on "
-            f"other pairs (train-split digest {trained_on}, the clean pairs' is {these}); "
-            "run `kedro run --pipelines reward_model,rewards` to train it on these")
     if reward_model_training.get("trained"):
+        trained_on, these = reward_model_training.get("train_pairs_digest"), train_pairs_digest(clean_pairs)
+        if trained_on != these:
+            # A partial run after new raw pairs (`--pipelines data,rewards`) would otherwise smooth
+            # them with the model on disk, learned from the old ones.
+            raise ValueError(
+                f"reward_model_training: the reward model of run {reward_model_training.get('run_id')} was trained "
+                f"on other pairs (train-split digest {trained_on}, the clean pairs' is {these}); "
+                "run `kedro run --pipelines reward_model,rewards` to train it on these")
         log.info("Rewards: the reward_model pipeline trained run %s; smoothing with %s (%s)",
                  reward_model_training["run_id"], rewards.model, rewards.model_options.get("model_path", ""))
     frames = [_score_with(rewards.model, rewards.model_options, clean_pairs, rewards, data).assign(role="smoothing")]
