@@ -45,32 +45,13 @@ def _prompts(name: str) -> list[str]:
     return [p for p in (PROMPTS / f"{name}.txt").read_text().splitlines() if p]
 
 
-def _round_trip(images, vae):
-    """The images decoded from their VAE posterior means (as the base model's samples are decoded)."""
-    import torch
-    from PIL import Image
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), 512):
-            x = np.stack([np.asarray(im, dtype=np.float32) / 127.5 - 1 for im in images[i:i + 512]])
-            y = vae.decode(vae.encode(torch.from_numpy(x).permute(0, 3, 1, 2)).latent_dist.mode()).sample
-            out += [Image.fromarray(((a.clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
-                    for a in y]
-    return out
-
-
-def one_changed(prompt: str, attribute: str, rng: np.random.Generator | None = None) -> list[str]:
-    """The prompt with ``attribute`` changed: every other value, or one drawn with ``rng``."""
+def one_changed(prompt: str, attribute: str) -> list[str]:
+    """The prompt with ``attribute`` set to each of its other values (a shape colour never the background's)."""
     from smpo_pipeline.world.grammar import COLORS, POSITIONS, SHAPES, SIZES, parse_prompt
 
     comp = parse_prompt(prompt)
-    if attribute == "swap_colors":
-        return [replace(comp, color=comp.background, background=comp.color).prompt]
     values = {"position": POSITIONS, "color": COLORS, "shape": SHAPES, "size": SIZES}[attribute]
     others = [v for v in values if v != getattr(comp, attribute) and not (attribute == "color" and v == comp.background)]
-    if rng is not None:
-        others = [others[int(rng.integers(len(others)))]]
     return [replace(comp, **{attribute: v}).prompt for v in others]
 
 
@@ -82,6 +63,7 @@ def main() -> None:
     from diffusers import AutoencoderKL
     from tqdm import tqdm
 
+    from smpo_pipeline.models.sampling import vae_round_trip
     from smpo_pipeline.params import BaseModelParams, RewardModelParams
     from smpo_pipeline.pipelines.reward_model.nodes import _pair_images
     from smpo_pipeline.rewards.pickscore_training import (
@@ -91,7 +73,7 @@ def main() -> None:
         predict,
         train_scorer,
     )
-    from smpo_pipeline.world.captions import web_captions
+    from smpo_pipeline.world.captions import MISTAKES, web_caption, web_captions
     from smpo_pipeline.world.render import render
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -151,11 +133,13 @@ def main() -> None:
         corpus = [p for p in _prompts("train") for _ in range(args.renders_per_prompt)]
         captions, _ = web_captions(corpus, captions_conf.rates(), captions_conf.seed)
         images = [render(p, 32, rng=rng) for p in tqdm(corpus, desc="render corpus", mininterval=2)]
-        images = _round_trip(images, AutoencoderKL.from_pretrained(BASE / "vae").eval())
+        vae = AutoencoderKL.from_pretrained(BASE / "vae").eval()
+        images = [im for i in range(0, len(images), 512) for im in vae_round_trip(vae, images[i:i + 512])]
         pixels = processor.image_processor(images=images, return_tensors="pt").pixel_values
         text = tokens(captions)
-        kinds = ("position", "color", "shape", "size", "swap_colors")
-        negative = tokens([one_changed(c, kinds[int(rng.integers(len(kinds)))], rng)[0] for c in captions])
+        # One hard negative a caption: one mistake of a kind drawn at random (``world.captions``).
+        negative = tokens([web_caption(c, {MISTAKES[int(rng.integers(len(MISTAKES)))]: 1.0}, rng)[0]
+                           for c in captions])
         caption_id = pd.factorize(pd.Series(captions))[0]
         print(f"corpus: {len(corpus)} round-tripped renders of {len(corpus) // args.renders_per_prompt} training "
               f"prompts ({time.time() - started:.0f} s)")
