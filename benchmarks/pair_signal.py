@@ -21,11 +21,9 @@ SHARDS = Path("data/01_raw/pickapic")
 def right_attributes(jpeg: bytes, caption: str) -> dict[str, bool]:
     from PIL import Image
 
-    from smpo_pipeline.world.grammar import parse_prompt
-    from smpo_pipeline.world.oracle import ATTRIBUTES, read_image
+    from smpo_pipeline.world.oracle import read_image
 
-    reading, comp = read_image(Image.open(io.BytesIO(jpeg)).convert("RGB")), parse_prompt(caption)
-    return {a: reading.detected[a] == getattr(comp, a) for a in ATTRIBUTES}
+    return read_image(Image.open(io.BytesIO(jpeg)).convert("RGB")).right(caption)
 
 
 def main() -> None:

@@ -40,10 +40,10 @@ def read(jpeg: bytes, caption: str) -> tuple[dict[str, float], dict[str, bool]]:
     from PIL import Image
 
     from smpo_pipeline.world.grammar import parse_prompt
-    from smpo_pipeline.world.oracle import ATTRIBUTES, read_image, score_reading
+    from smpo_pipeline.world.oracle import read_image, score_reading
 
     reading, comp = read_image(Image.open(io.BytesIO(jpeg)).convert("RGB")), parse_prompt(caption)
-    return score_reading(reading, comp), {a: reading.detected[a] == getattr(comp, a) for a in ATTRIBUTES}
+    return score_reading(reading, comp), reading.right(comp)
 
 
 def fit_bradley_terry(diff: np.ndarray, won: np.ndarray, iterations: int = 50) -> np.ndarray:

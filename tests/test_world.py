@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -61,8 +62,11 @@ def test_oracle_reads_every_attribute_of_jittered_renders():
     comps = all_compositions()
     for i in rng.choice(len(comps), 200, replace=False):
         comp = comps[i]
-        detected = read_image(render(comp, rng=rng)).detected
-        assert detected == {a: getattr(comp, a) for a in ATTRIBUTES}, comp.prompt
+        reading = read_image(render(comp, rng=rng))
+        assert reading.detected == {a: getattr(comp, a) for a in ATTRIBUTES}, comp.prompt
+        assert all(reading.right(comp).values()) and reading.right(comp.prompt) == reading.right(comp)
+        moved = dataclasses.replace(comp, position=next(p for p in grammar.POSITIONS if p != comp.position))
+        assert reading.right(moved) == {a: a != "position" for a in ATTRIBUTES}, comp.prompt
 
 
 def test_oracle_ranks_the_ideal_render_above_renders_of_every_other_kind_of_prompt():

@@ -81,6 +81,12 @@ class OracleReading:
             "shape": shape,
         }
 
+    def right(self, prompt: str | Composition) -> dict[str, bool]:
+        """Which attributes of the image are what ``prompt`` says (the nearest value read, as the
+        accuracy figures count them); nothing drawn is wrong on all but the background."""
+        comp = prompt if isinstance(prompt, Composition) else parse_prompt(prompt)
+        return {a: value == getattr(comp, a) for a, value in self.detected.items()}
+
 
 def _nearest_color(rgb) -> str:
     return min(COLORS, key=lambda c: math.dist(rgb, COLORS[c]))

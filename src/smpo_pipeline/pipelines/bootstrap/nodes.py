@@ -145,8 +145,8 @@ def attribute_accuracy(images, prompts: list[str]) -> dict[str, Any]:
     rewards = []
     for image, prompt in zip(images, prompts, strict=True):
         reading, comp = read_image(image), parse_prompt(prompt)
-        for attribute, value in reading.detected.items():
-            hits[attribute] += value == getattr(comp, attribute)
+        for attribute, right in reading.right(comp).items():
+            hits[attribute] += right
         rewards.append(combine_scores(score_reading(reading, comp)))
     n = len(prompts)
     return {"images": n, "accuracy": {a: round(h / n, 4) for a, h in hits.items()},

@@ -99,9 +99,9 @@ def measure_attributes(base_images: pd.DataFrame, dpo_images: pd.DataFrame, smpo
         hits = dict.fromkeys(ATTRIBUTES, 0)
         for path, prompt in zip(frame.path, frame.prompt, strict=True):
             with Image.open(path) as image:
-                detected = read_image(image.convert("RGB")).detected
+                right = read_image(image.convert("RGB")).right(compositions[prompt])
             for attribute in ATTRIBUTES:
-                hits[attribute] += detected[attribute] == getattr(compositions[prompt], attribute)
+                hits[attribute] += right[attribute]
         report[model] = {"images": len(frame), "runs": int(frame.replica.nunique()),
                          "accuracy": {a: round(h / len(frame), 4) for a, h in hits.items()}}
     models = [m for m in evaluation.models if m in report]
