@@ -11,7 +11,7 @@ import torch
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.runtime import environment_without_process_group
-from smpo_pipeline.training.step import PairBatch, noisy_inputs, preference_loss
+from smpo_pipeline.training.step import PairBatch, guided_prediction, noisy_inputs, preference_loss
 from tests.conftest import PROJECT_ROOT
 
 
@@ -94,6 +94,35 @@ def test_a_step_moves_the_policy_and_never_the_reference(setup):
     assert all(p.grad is None for p in reference.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, reference.parameters(), strict=True))
     assert set(metrics) >= {"implicit_accuracy", "margin", "model_mse", "ref_mse"}
+
+
+def test_the_guided_loss_sees_the_samplers_prediction_and_trains_both_branches(setup):
+    unet, batch, _, alphas = setup
+    t = torch.tensor([100, 500, 900])
+    x_t, cond = batch.latents_w, (batch.prompt_embeds, batch.pooled, batch.time_ids)
+    with torch.no_grad():
+        c = guided_prediction(unet, x_t, t, *cond)
+        u = guided_prediction(unet, x_t, t, torch.zeros_like(cond[0]), torch.zeros_like(cond[1]), cond[2])
+        guided = guided_prediction(unet, x_t, t, *cond, guidance=3.0)
+    assert torch.allclose(guided, u + 3.0 * (c - u), atol=1e-5)  # what a guidance-3 sampler steps with
+    assert not torch.allclose(guided, c, atol=1e-3)
+    # A dropped caption is the unconditional branch: guiding it changes nothing.
+    with torch.no_grad():
+        dropped = guided_prediction(unet, x_t, t, torch.zeros_like(cond[0]), torch.zeros_like(cond[1]), cond[2], 3.0)
+    assert torch.allclose(dropped, u, atol=1e-5)
+    policy, reference = copy.deepcopy(unet), copy.deepcopy(unet).requires_grad_(False)
+    losses = {}
+    for w in (1.0, 3.0):
+        loss, _ = preference_loss(policy, reference, batch, t, "sft", 500.0, 10.0, "none", alphas,
+                                  torch.Generator().manual_seed(0), guidance=w)
+        losses[w] = loss.item()
+    assert losses[1.0] != pytest.approx(losses[3.0], rel=1e-3)
+    policy.zero_grad()
+    loss, _ = preference_loss(policy, reference, batch, t, "dpo", 500.0, 10.0, "none", alphas,
+                              torch.Generator().manual_seed(0), guidance=3.0)
+    assert loss.item() == pytest.approx(np.log(2.0), abs=1e-5)  # policy = reference at the start
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
 
 
 @pytest.mark.parametrize("inversion", ["cached", "online", "none"])

@@ -371,6 +371,9 @@ class TrainParams(_Section):
     # posterior mean (an ablation: the tiny base loses reward when fine-tuned on it, docs/regime.md)
     latents: Literal["sample", "mean"] = "sample"
     min_snr_gamma: PositiveFloat | None = None  # weight each sample's MSE by min(SNR, γ)/SNR; None: plain MSE
+    # DPO/SmPO/SFT losses on the classifier-free-guided prediction ε_u + w(ε_c − ε_u) at this w (1: the
+    # conditional prediction alone, as the official code); the pairs were drawn by the guided sampler
+    loss_guidance: float = Field(1.0, ge=1)
     deepspeed_config: str | None = "conf/base/deepspeed/zero2_cpu.json"
     zero_stage: Literal[0, 1, 2, 3] = 2
     num_processes: PositiveInt = 1  # > 1: launched as a subprocess, one rank each (the total world size)

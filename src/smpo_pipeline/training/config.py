@@ -54,6 +54,7 @@ class TrainConfig:
     timestep_range: tuple[int, int] = (0, 1000)  # pairs' t drawn uniformly from [low, high)
     latents: str = "sample"  # sample: a fresh VAE posterior sample per step (official) | mean
     min_snr_gamma: float | None = None  # per-sample MSE weighted by min(SNR, γ)/SNR; None: plain MSE (official)
+    loss_guidance: float = 1.0  # pair losses on the guided prediction ε_u + w(ε_c − ε_u); 1: conditional only
     evaluate_every: int = 0  # call the evaluate hook every N steps and at the end (0: never)
     dro: DROConfig = field(default_factory=DROConfig)
 

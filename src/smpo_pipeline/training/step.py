@@ -86,10 +86,26 @@ def timestep_weights(timesteps, alphas_cumprod, min_snr_gamma: float | None,
     raise ValueError(f"unknown prediction_type {prediction_type!r}: epsilon or v_prediction")
 
 
-def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids) -> torch.Tensor:
+def guided_prediction(unet, x_t, timesteps, embeds, pooled, time_ids, guidance: float = 1.0) -> torch.Tensor:
+    """The UNet's prediction at x_t, or with ``guidance`` w > 1 the classifier-free-guided one
+    u + w(c − u) (Ho & Salimans 2022, eq. 6) that the sampler steps with, the unconditional branch u
+    under zeroed embeddings as caption dropout trains it (``conditioning.drop_captions``). Both
+    branches run in one batch and the gradient reaches both."""
     dtype = unet_dtype(unet)
+    if guidance != 1.0:
+        x_t, timesteps = x_t.repeat(2, 1, 1, 1), timesteps.repeat(2)
+        embeds, pooled = torch.cat([embeds, torch.zeros_like(embeds)]), torch.cat([pooled, torch.zeros_like(pooled)])
+        time_ids = time_ids.repeat(2, 1)
     pred = unet(x_t.to(dtype), timesteps, encoder_hidden_states=embeds.to(dtype),
                 added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
+    if guidance == 1.0:
+        return pred
+    cond, uncond = pred.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids, guidance: float = 1.0) -> torch.Tensor:
+    pred = guided_prediction(unet, x_t, timesteps, embeds, pooled, time_ids, guidance)
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
 
@@ -112,13 +128,14 @@ def prediction_target(x0, noise, timesteps, alphas_cumprod, prediction_type: str
 
 
 def _policy_and_reference_mse(policy, reference, x_t, timesteps, target, cond, alphas_cumprod,
-                              min_snr_gamma: float | None, prediction_type: str = "epsilon"):
+                              min_snr_gamma: float | None, prediction_type: str = "epsilon", guidance: float = 1.0):
     """Per-sample (Min-SNR-weighted) MSE of the policy and, without gradients, of the reference,
-    each split into its two halves (winners | losers, or experts | policy states)."""
+    each split into its two halves (winners | losers, or experts | policy states), of their
+    predictions guided at ``guidance``."""
     weight = timestep_weights(timesteps, alphas_cumprod, min_snr_gamma, prediction_type)
-    model = per_sample_mse(policy, x_t, timesteps, target, *cond)
+    model = per_sample_mse(policy, x_t, timesteps, target, *cond, guidance=guidance)
     with torch.no_grad():
-        ref = per_sample_mse(reference, x_t, timesteps, target, *cond)
+        ref = per_sample_mse(reference, x_t, timesteps, target, *cond, guidance=guidance)
     if weight is not None:
         model, ref = model * weight, ref * weight
     return model.chunk(2), ref.chunk(2)
@@ -151,15 +168,19 @@ def noisy_inputs(batch: PairBatch, timesteps, forward_noise: str, alphas_cumprod
 def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: str, beta: float, gamma: float,
                     forward_noise: str, alphas_cumprod, generator=None, inverse_scheduler=None,
                     inversion: InversionConfig | None = None, min_snr_gamma: float | None = None,
-                    prediction_type: str = "epsilon"):
+                    prediction_type: str = "epsilon", guidance: float = 1.0):
     """The DPO or SmPO loss of a batch (or ``sft``: the preferred images' denoising loss alone, the
     sanity baseline of ``benchmarks/preference_regime.py``), and its metrics. ``reference`` runs
-    without gradients."""
+    without gradients. With ``guidance`` w > 1 both models' errors are those of the guided prediction
+    (``guided_prediction``): the pairs were drawn by the guided sampler, and an objective that fits
+    the conditional branch alone to them has that sampler apply the guidance a second time
+    (docs/regime.md, round 16)."""
     x_t, target = noisy_inputs(batch, timesteps, forward_noise, alphas_cumprod, generator, inverse_scheduler, policy,
                                inversion, prediction_type)
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
     (model_w, model_l), (ref_w, ref_l) = _policy_and_reference_mse(policy, reference, x_t, timesteps.repeat(2), target,
-                                                                   cond, alphas_cumprod, min_snr_gamma, prediction_type)
+                                                                   cond, alphas_cumprod, min_snr_gamma, prediction_type,
+                                                                   guidance)
     if objective == "dpo":
         return dpo_loss(model_w, model_l, ref_w, ref_l, beta)
     if objective == "sft":  # the sanity baseline: fit the preferred images alone (metrics as DPO's)

@@ -60,7 +60,7 @@ class PairLoss:
         timesteps = torch.randint(*c.timestep_range, (len(batch),), generator=generator)
         return preference_loss(policy, reference, batch, timesteps, c.objective, c.beta, c.gamma, c.forward_noise,
                                self.alphas, generator, self.scheduler, self.inversion, c.min_snr_gamma,
-                               self.prediction_type)
+                               self.prediction_type, c.loss_guidance)
 
     def state(self) -> tuple[dict, dict | None]:
         return {}, None
