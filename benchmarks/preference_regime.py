@@ -66,11 +66,10 @@ def run_context(chain: dict, params: dict, sweep: dict) -> str:
                   code_digest("smpo_pipeline.training.trainer"), length=16)
 
 
-def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None, every: int = 0):
-    """Train one configuration (``objective``, ``train`` overrides, optional ``order`` and ``tau``) on
-    the chain's pairs and cache with the project's trainer; returns (trained UNet, step records).
-    ``evaluate(unet) -> dict`` is called every ``every`` steps and at the end."""
-
+def run_setup(config: dict, seed: int, chain: dict, params: dict, every: int = 0) -> dict:
+    """What the trainer is given for one configuration (``objective``, ``train`` overrides, optional
+    ``order`` and ``tau``) and seed: its pairs from the chain's cache (``data``, DRO's ``experts``),
+    its ``config``, the ``inversion`` settings and the base model's noise ``schedule``."""
     from smpo_pipeline.inversion import InversionConfig
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.params import CacheParams
@@ -78,7 +77,6 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
     from smpo_pipeline.training.cache import CacheReader, Fingerprints
     from smpo_pipeline.training.data import CachedExperts, CachedPairs, expert_pool
     from smpo_pipeline.training.runs import check_cache, train_config
-    from smpo_pipeline.training.trainer import train_preference
 
     train = merged_train(params, config)
     cache = CacheParams.model_validate(params["cache"])
@@ -104,10 +102,21 @@ def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None,
                             noise, seed)
     if objective == "sft":  # implicit accuracy measured as DPO's, for comparison
         config_ = replace(config_, beta=train.beta["dpo"])
+    return {"data": data, "experts": experts, "config": config_, "inversion": inversion,
+            "schedule": noise_schedule(base)}
+
+
+def train_run(config: dict, seed: int, chain: dict, params: dict, evaluate=None, every: int = 0):
+    """Train one configuration (see ``run_setup``) on the chain's pairs and cache with the project's
+    trainer; returns (trained UNet, step records). ``evaluate(unet) -> dict`` is called every
+    ``every`` steps and at the end."""
+    from smpo_pipeline.training.trainer import train_preference
+
+    setup = run_setup(config, seed, chain, params, every)
     records = []
-    unet = train_preference(copy.deepcopy(base.unet), data, config_, inversion,
-                            noise_schedule(base),
-                            lambda step, record: records.append(record), experts, evaluate)
+    unet = train_preference(copy.deepcopy(chain["base_model"].unet), setup["data"], setup["config"],
+                            setup["inversion"], setup["schedule"], lambda step, record: records.append(record),
+                            setup["experts"], evaluate)
     return unet, records
 
 
