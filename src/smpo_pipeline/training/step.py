@@ -174,7 +174,8 @@ def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: s
     without gradients. With ``guidance`` w > 1 both models' errors are those of the guided prediction
     (``guided_prediction``): the pairs were drawn by the guided sampler, and an objective that fits
     the conditional branch alone to them has that sampler apply the guidance a second time
-    (docs/regime.md, round 16)."""
+    (docs/regime.md, round 16); at the same learning rate the guided fit only moves further
+    (round 17), so the default is 1."""
     x_t, target = noisy_inputs(batch, timesteps, forward_noise, alphas_cumprod, generator, inverse_scheduler, policy,
                                inversion, prediction_type)
     cond = (batch.prompt_embeds.repeat(2, 1, 1), batch.pooled.repeat(2, 1), batch.time_ids.repeat(2, 1))
