@@ -32,6 +32,7 @@ def test_shipped_parameters_are_valid():
         ({"train": {"pair_order": {"dpo": "human"}}}, "train.pair_order.dpo: Input should be 'reward' or 'label'"),
         ({"rewards": {"order_by": "label"}}, "rewards.order_by: unknown parameter"),
         ({"train": {"loss_guidance": 0.5}}, "train.loss_guidance: Input should be greater than or equal to 1"),
+        ({"train": {"timestep_sampling": "sobol"}}, "train.timestep_sampling: Input should be 'uniform' or 'stratified'"),
         ({"train": {"dro": {"states_per_step": 128, "buffer_size": 64}}},
          "train.dro: Value error, states_per_step (128) exceeds buffer_size (64)"),
     ],

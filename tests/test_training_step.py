@@ -11,7 +11,13 @@ import torch
 from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.runtime import environment_without_process_group
-from smpo_pipeline.training.step import PairBatch, guided_prediction, noisy_inputs, preference_loss
+from smpo_pipeline.training.step import (
+    PairBatch,
+    draw_timesteps,
+    guided_prediction,
+    noisy_inputs,
+    preference_loss,
+)
 from tests.conftest import PROJECT_ROOT
 
 
@@ -94,6 +100,19 @@ def test_a_step_moves_the_policy_and_never_the_reference(setup):
     assert all(p.grad is None for p in reference.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, reference.parameters(), strict=True))
     assert set(metrics) >= {"implicit_accuracy", "margin", "model_mse", "ref_mse"}
+
+
+def test_stratified_timesteps_cover_every_stratum_once_and_uniform_ones_are_the_official_draw():
+    t = draw_timesteps(32, (200, 1000), "stratified", torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and int(t.min()) >= 200 and int(t.max()) < 1000
+    assert sorted(((t - 200) // 25).tolist()) == list(range(32))  # one draw in each of 32 strata of 25
+    assert not torch.equal(t, t.sort().values)  # in a random order
+    again = draw_timesteps(32, (200, 1000), "stratified", torch.Generator().manual_seed(1))
+    assert not torch.equal(t.sort().values, again.sort().values)
+    uniform = draw_timesteps(8, (0, 1000), "uniform", torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="stratified"):
+        draw_timesteps(8, (0, 1000), "sobol")
 
 
 def test_the_guided_loss_sees_the_samplers_prediction_and_trains_both_branches(setup):

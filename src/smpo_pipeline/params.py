@@ -367,6 +367,8 @@ class TrainParams(_Section):
     dro: DROParams = DROParams()
     seeds: tuple[int, ...] = Field((0,), min_length=1)  # one run per seed: replicates for the evaluation's intervals
     timestep_range: tuple[int, int] = (0, 1000)  # pairs' timesteps drawn uniformly from [low, high)
+    # uniform: independent draws (official) | stratified: one per equal stratum of the range in each micro-batch
+    timestep_sampling: Literal["uniform", "stratified"] = "uniform"
     # VAE latents: a fresh posterior sample every step (the official latent_dist.sample()) or the
     # posterior mean (an ablation: the tiny base loses reward when fine-tuned on it, docs/regime.md)
     latents: Literal["sample", "mean"] = "sample"

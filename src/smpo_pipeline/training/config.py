@@ -52,6 +52,7 @@ class TrainConfig:
     lora_rank: int = 0  # 0: full fine-tune
     lora_alpha: float | None = None  # None: = rank
     timestep_range: tuple[int, int] = (0, 1000)  # pairs' t drawn uniformly from [low, high)
+    timestep_sampling: str = "uniform"  # uniform (official) | stratified: one t per equal stratum of a micro-batch
     latents: str = "sample"  # sample: a fresh VAE posterior sample per step (official) | mean
     min_snr_gamma: float | None = None  # per-sample MSE weighted by min(SNR, γ)/SNR; None: plain MSE (official)
     loss_guidance: float = 1.0  # pair losses on the guided prediction ε_u + w(ε_c − ε_u); 1: conditional only

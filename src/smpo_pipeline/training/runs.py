@@ -44,7 +44,7 @@ def train_config(objective: str, train: TrainParams, noise: str, seed: int | Non
         lr_schedule=train.lr_schedule, gradient_checkpointing=train.gradient_checkpointing, precision=train.precision,
         lora_rank=train.lora.rank, lora_alpha=train.lora.alpha, timestep_range=tuple(train.timestep_range),
         min_snr_gamma=train.min_snr_gamma, latents=train.latents,
-        loss_guidance=train.loss_guidance,
+        loss_guidance=train.loss_guidance, timestep_sampling=train.timestep_sampling,
         dro=DROConfig(margin=d.margin, refresh_every=d.refresh_every, buffer_size=d.buffer_size,
                       states_per_step=d.states_per_step,
                       sampler=SamplerConfig(steps=d.sampler_steps, guidance_scale=d.sampler_guidance, jitter=d.jitter)),

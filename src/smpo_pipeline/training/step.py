@@ -109,6 +109,21 @@ def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids, guida
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
 
+def draw_timesteps(n: int, timestep_range: tuple[int, int], sampling: str = "uniform", generator=None):
+    """n training timesteps from [low, high): independent uniform draws (every official
+    implementation), or ``stratified``: one uniform draw in each of n equal strata of the range, in a
+    random order, so that a batch covers the range evenly and its mean gradient varies less from
+    batch to batch (the same marginal law per row; measured with benchmarks/gradient_snr.py)."""
+    low, high = timestep_range
+    if sampling == "uniform":
+        return torch.randint(low, high, (n,), generator=generator)
+    if sampling == "stratified":
+        u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
+        t = (low + u * (high - low)).floor().long().clamp(low, high - 1)
+        return t[torch.randperm(n, generator=generator)]
+    raise ValueError(f"unknown timestep sampling {sampling!r}: uniform or stratified")
+
+
 def add_noise(x0, noise, timesteps, alphas_cumprod):
     """The forward process q(x_t | x0) = √ᾱ_t x0 + √(1−ᾱ_t) ε (Ho et al. 2020, eq. 4)."""
     a = alphas_cumprod.to(x0.device)[timesteps].view(-1, 1, 1, 1).to(x0.dtype)

@@ -36,7 +36,7 @@ from smpo_pipeline.training.data import CachedExperts, CachedPairs
 from smpo_pipeline.training.engine import DeepSpeedEngine, TorchEngine, build_engine
 from smpo_pipeline.training.policy import merged_unet, plain_unet, policy_and_reference
 from smpo_pipeline.training.replay import ReplayBuffer, sample_policy_states
-from smpo_pipeline.training.step import DROBatch, dro_batch_loss, preference_loss
+from smpo_pipeline.training.step import DROBatch, draw_timesteps, dro_batch_loss, preference_loss
 
 
 class PairLoss:
@@ -57,7 +57,7 @@ class PairLoss:
         batch = self.data.batch(rows, generator if c.latents == "sample" else None)
         drop = torch.rand(len(batch), generator=generator) < c.caption_dropout
         batch.prompt_embeds, batch.pooled = drop_captions(batch.prompt_embeds, batch.pooled, drop)
-        timesteps = torch.randint(*c.timestep_range, (len(batch),), generator=generator)
+        timesteps = draw_timesteps(len(batch), c.timestep_range, c.timestep_sampling, generator)
         return preference_loss(policy, reference, batch, timesteps, c.objective, c.beta, c.gamma, c.forward_noise,
                                self.alphas, generator, self.scheduler, self.inversion, c.min_snr_gamma,
                                self.prediction_type, c.loss_guidance)
