@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, renoise_inversion
+from smpo_pipeline.inversion import InversionConfig, inverse_scheduler, predict_noise, renoise_inversion
 from smpo_pipeline.models.tiny_sdxl import NOISE_SCHEDULE
 from smpo_pipeline.runtime import environment_without_process_group
 from smpo_pipeline.training.step import (
     PairBatch,
     draw_timesteps,
-    guided_prediction,
     noisy_inputs,
+    per_sample_mse,
     preference_loss,
 )
 from tests.conftest import PROJECT_ROOT
@@ -118,17 +118,21 @@ def test_stratified_timesteps_cover_every_stratum_once_and_uniform_ones_are_the_
 def test_the_guided_loss_sees_the_samplers_prediction_and_trains_both_branches(setup):
     unet, batch, _, alphas = setup
     t = torch.tensor([100, 500, 900])
-    x_t, cond = batch.latents_w, (batch.prompt_embeds, batch.pooled, batch.time_ids)
+    x_t = batch.latents_w
+    cond = {"prompt_embeds": batch.prompt_embeds, "pooled": batch.pooled, "time_ids": batch.time_ids}
+    dropped_cond = cond | {"prompt_embeds": torch.zeros_like(batch.prompt_embeds),
+                           "pooled": torch.zeros_like(batch.pooled)}
     with torch.no_grad():
-        c = guided_prediction(unet, x_t, t, *cond)
-        u = guided_prediction(unet, x_t, t, torch.zeros_like(cond[0]), torch.zeros_like(cond[1]), cond[2])
-        guided = guided_prediction(unet, x_t, t, *cond, guidance=3.0)
+        c, u, guided = (predict_noise(unet, x_t, t, cond), predict_noise(unet, x_t, t, dropped_cond),
+                        predict_noise(unet, x_t, t, cond, 3.0))
+        dropped = predict_noise(unet, x_t, t, dropped_cond, 3.0)
     assert torch.allclose(guided, u + 3.0 * (c - u), atol=1e-5)  # what a guidance-3 sampler steps with
     assert not torch.allclose(guided, c, atol=1e-3)
-    # A dropped caption is the unconditional branch: guiding it changes nothing.
-    with torch.no_grad():
-        dropped = guided_prediction(unet, x_t, t, torch.zeros_like(cond[0]), torch.zeros_like(cond[1]), cond[2], 3.0)
-    assert torch.allclose(dropped, u, atol=1e-5)
+    assert torch.allclose(dropped, u, atol=1e-5)  # a dropped caption is the unconditional branch
+    # The losses are those errors: the SFT loss at w 3 is the winners' error of the guided prediction.
+    target = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(per_sample_mse(unet, x_t, t, target, *cond.values(), guidance=3.0),
+                          (guided - target).pow(2).mean(dim=(1, 2, 3)), atol=1e-5)
     policy, reference = copy.deepcopy(unet), copy.deepcopy(unet).requires_grad_(False)
     losses = {}
     for w in (1.0, 3.0):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smpo_pipeline.inversion import InversionConfig, renoise_inversion, smpo_target, unet_dtype
+from smpo_pipeline.inversion import InversionConfig, predict_noise, renoise_inversion, smpo_target
 from smpo_pipeline.objectives import dpo_loss, dro_loss, sft_loss, smpo_loss
 
 
@@ -86,26 +86,12 @@ def timestep_weights(timesteps, alphas_cumprod, min_snr_gamma: float | None,
     raise ValueError(f"unknown prediction_type {prediction_type!r}: epsilon or v_prediction")
 
 
-def guided_prediction(unet, x_t, timesteps, embeds, pooled, time_ids, guidance: float = 1.0) -> torch.Tensor:
-    """The UNet's prediction at x_t, or with ``guidance`` w > 1 the classifier-free-guided one
-    u + w(c − u) (Ho & Salimans 2022, eq. 6) that the sampler steps with, the unconditional branch u
-    under zeroed embeddings as caption dropout trains it (``conditioning.drop_captions``). Both
-    branches run in one batch and the gradient reaches both."""
-    dtype = unet_dtype(unet)
-    if guidance != 1.0:
-        x_t, timesteps = x_t.repeat(2, 1, 1, 1), timesteps.repeat(2)
-        embeds, pooled = torch.cat([embeds, torch.zeros_like(embeds)]), torch.cat([pooled, torch.zeros_like(pooled)])
-        time_ids = time_ids.repeat(2, 1)
-    pred = unet(x_t.to(dtype), timesteps, encoder_hidden_states=embeds.to(dtype),
-                added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
-    if guidance == 1.0:
-        return pred
-    cond, uncond = pred.chunk(2)
-    return uncond + guidance * (cond - uncond)
-
-
 def per_sample_mse(unet, x_t, timesteps, target, embeds, pooled, time_ids, guidance: float = 1.0) -> torch.Tensor:
-    pred = guided_prediction(unet, x_t, timesteps, embeds, pooled, time_ids, guidance)
+    """Each row's squared error of the UNet's prediction, or with ``guidance`` w > 1 of the
+    classifier-free-guided one u + w(c − u) the sampler steps with (``inversion.predict_noise``:
+    both branches in one batch, the gradient reaching both)."""
+    pred = predict_noise(unet, x_t, timesteps, {"prompt_embeds": embeds, "pooled": pooled, "time_ids": time_ids},
+                         guidance)
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
 
 
@@ -187,7 +173,7 @@ def preference_loss(policy, reference, batch: PairBatch, timesteps, objective: s
     """The DPO or SmPO loss of a batch (or ``sft``: the preferred images' denoising loss alone, the
     sanity baseline of ``benchmarks/preference_regime.py``), and its metrics. ``reference`` runs
     without gradients. With ``guidance`` w > 1 both models' errors are those of the guided prediction
-    (``guided_prediction``): the pairs were drawn by the guided sampler, and an objective that fits
+    (``per_sample_mse``): the pairs were drawn by the guided sampler, and an objective that fits
     the conditional branch alone to them has that sampler apply the guidance a second time
     (docs/regime.md, round 16); at the same learning rate the guided fit only moves further
     (round 17), so the default is 1."""
