@@ -148,6 +148,16 @@ class BaseModelParams(_Section):
     evaluation_seeds_per_prompt: PositiveInt = 2
 
 
+class SecondGeneratorParams(_Section):
+    """A second model that draws part of each prompt's candidates, as Pick-a-Pic's pairs come from
+    several generators: the base trained further on the same renders with their true captions (a
+    recaptioned corpus), the way a newer model of one family is made."""
+
+    candidates_per_prompt: int = Field(0, ge=0)  # of pairs.candidates_per_prompt; 0: the base draws all
+    training: UNetTrainingParams = UNetTrainingParams(
+        steps=600, batch_size=32, learning_rate=1e-4, warmup_steps=0, cosine_decay=True)
+
+
 class PairsParams(_Section):
     seed: int = 0
     candidates_per_prompt: int = Field(2, ge=2)  # images generated per training prompt
@@ -157,6 +167,7 @@ class PairsParams(_Section):
     batch_size: PositiveInt = 64
     rows_per_shard: PositiveInt = 256
     jpeg_quality: int = Field(95, ge=1, le=100)
+    second_generator: SecondGeneratorParams = SecondGeneratorParams()
 
     @model_validator(mode="after")
     def _enough_candidates(self) -> PairsParams:
@@ -164,6 +175,9 @@ class PairsParams(_Section):
         if self.pairs_per_prompt > k * (k - 1) // 2:
             raise ValueError(f"pairs_per_prompt ({self.pairs_per_prompt}) exceeds the {k * (k - 1) // 2} distinct "
                              f"pairs of candidates_per_prompt={k} images")
+        if self.second_generator.candidates_per_prompt > k:
+            raise ValueError(f"second_generator.candidates_per_prompt ({self.second_generator.candidates_per_prompt}) "
+                             f"exceeds candidates_per_prompt={k}")
         return self
 
 

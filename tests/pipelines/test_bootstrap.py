@@ -34,6 +34,12 @@ def test_bootstrap_writes_pickapic_v2_shards(bootstrapped):
     assert len(rows) == 24 and all(row["num_example_per_prompt"] == 2 for row in rows)
     uids = {row[f"image_{k}_uid"] for row in rows for k in (0, 1)}
     assert 24 < len(uids) <= 36  # 3 candidates a prompt, each with one uid in every row it appears in
+    # One of each prompt's 3 candidates is the second generator's, and each image names its model
+    # (Pick-a-Pic's model_0 / model_1).
+    models = {row[f"model_{k}"] for row in rows for k in (0, 1)}
+    assert models == {"tiny-sdxl-base@cfg3", "tiny-sdxl-recaptioned@cfg3"}
+    by_uid = {row[f"image_{k}_uid"]: row[f"model_{k}"] for row in rows for k in (0, 1)}
+    assert all(by_uid[row[f"image_{k}_uid"]] == row[f"model_{k}"] for row in rows for k in (0, 1))
     for row in rows:
         assert (row["label_0"], row["label_1"]) in {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
         assert row["jpg_0"][:2] == b"\xff\xd8" and row["jpg_1"][:2] == b"\xff\xd8"  # JPEG SOI
@@ -61,6 +67,10 @@ def test_bootstrap_saves_a_loadable_base_model_and_a_report(bootstrapped):
     through = report["test_prompts"]["ideal_renders_through_vae"]["mean_oracle_reward"]
     assert through < report["test_prompts"]["ideal_renders"]["mean_oracle_reward"]
     assert report["annotations"]["pairs"] == 24 and report["annotations"]["images"] == 36
+    mixed = report["annotations"]["second_generator"]
+    # two of a prompt's three possible pairs set the models against each other: at least one of its two
+    assert 12 <= mixed["mixed_pairs"] <= 24 and (mixed["win_share"] is None or 0 <= mixed["win_share"] <= 1)
+    assert set(report["test_prompts"]["second_generator"]["accuracy"]) == set(report["test_prompts"]["base_model"]["accuracy"])
     assert set(report["unet"]["caption_mistake_shares"]) == {"swap_colors", "position", "color", "shape", "size"}
     assert [point["step"] for point in report["unet"]["validation_curve"]] == [3]
     manifest = json.loads((bootstrapped / "data/01_raw/MANIFEST.json").read_text())
@@ -99,3 +109,16 @@ def test_an_invalid_parameter_stops_the_session_naming_the_key(bootstrapped):
                             match=r"(?s)base_model.*unet\.steps:?\s+Input should be greater than 0"),
               KedroSession.create(project_path=bootstrapped, runtime_params={"base_model": {"unet": {"steps": -1}}}) as s):
             s.load_context().params  # noqa: B018 - loading is what validates
+
+
+def test_the_second_generators_share_counts_mixed_pairs_and_their_decided_labels():
+    from smpo_pipeline.pipelines.bootstrap.nodes import _second_generator_share
+
+    base, second = "tiny-sdxl-base@cfg3", "tiny-sdxl-recaptioned@cfg3"
+    rows = {"model_0": [base, second, base, base, second],
+            "model_1": [base, second, second, second, base],
+            "label_0": [1.0, 0.0, 0.5, 1.0, 1.0],
+            "label_1": [0.0, 1.0, 0.5, 0.0, 0.0]}
+    # the last three pairs are mixed; the tie is not decided; the second generator wins one of the other two
+    assert _second_generator_share(rows) == {"mixed_pairs": 3, "win_share": 0.5}
+    assert _second_generator_share({k: v[:2] for k, v in rows.items()}) == {"mixed_pairs": 0, "win_share": None}

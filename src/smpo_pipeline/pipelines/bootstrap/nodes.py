@@ -12,6 +12,8 @@ from smpo_pipeline.params import AnnotatorParams, BaseModelParams, PairsParams, 
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = ("background", "color", "position", "size", "shape")
+# The generators of the ``model_0``/``model_1`` columns (with "@cfg<guidance>" appended).
+BASE_GENERATOR, SECOND_GENERATOR = "tiny-sdxl-base", "tiny-sdxl-recaptioned"
 
 
 def split_prompt_sets(world: WorldParams) -> tuple[list[str], list[str], list[str]]:
@@ -123,6 +125,34 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
     return pipe, metrics
 
 
+def train_second_generator(base_model_pipeline, prompts_train: list[str], world: WorldParams, base_model: BaseModelParams,
+                           pairs: PairsParams):
+    """The second generator of ``pairs.second_generator``: a copy of the base (UNet and both text
+    encoders) trained further on renders of the training prompts under their true captions, the
+    base's own recipe otherwise (its noise schedule, Min-SNR-γ, EMA). Without second-generator
+    candidates it is the base itself, untrained."""
+    import copy
+
+    from smpo_pipeline.models.tiny_sdxl import noise_schedule
+    from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
+
+    g = pairs.second_generator
+    if not g.candidates_per_prompt:
+        return base_model_pipeline
+    pipe, u = base_model_pipeline, g.training
+    config = PretrainConfig(
+        steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
+        grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
+        renders_per_prompt=u.renders_per_prompt, seed=pairs.seed, min_snr_gamma=u.min_snr_gamma,
+        cosine_decay=u.cosine_decay, noise_schedule=noise_schedule(pipe))
+    result = train_unet_and_text_encoders(
+        pipe.vae, copy.deepcopy(pipe.unet), (copy.deepcopy(pipe.text_encoder), copy.deepcopy(pipe.text_encoder_2)),
+        pipe.tokenizer, prompts_train, world.resolution, config)
+    log.info("second generator: %s", result.metrics)
+    te1, te2 = result.text_encoders
+    return type(pipe)(**{**pipe.components, "unet": result.unet, "text_encoder": te1, "text_encoder_2": te2})
+
+
 def _accuracy_of(pipe, prompts: list[str], world: WorldParams, base_model: BaseModelParams) -> dict:
     """``attribute_accuracy`` of ``pipe``'s images of ``prompts`` (seeds 0, 1, … per image)."""
     from smpo_pipeline.evaluation import prompt_seed_grid
@@ -153,9 +183,11 @@ def attribute_accuracy(images, prompts: list[str]) -> dict[str, Any]:
             "mean_oracle_reward": round(float(np.mean(rewards)), 4)}
 
 
-def measure_base_model(base_model_pipeline, prompts_test: list[str], world: WorldParams, base_model: BaseModelParams) -> dict:
+def measure_base_model(base_model_pipeline, second_generator, prompts_test: list[str], world: WorldParams,
+                       base_model: BaseModelParams, pairs: PairsParams) -> dict:
     """Attribute accuracy of the base model on the test prompts (20 steps), beside the ideal renders'
-    and theirs after the VAE's round trip (the ceiling of what the model can draw through its VAE)."""
+    and theirs after the VAE's round trip (the ceiling of what the model can draw through its VAE),
+    and the second generator's when it draws candidates."""
     from smpo_pipeline.evaluation import prompt_seed_grid
     from smpo_pipeline.models.sampling import SamplingProtocol, generate, vae_round_trip
     from smpo_pipeline.world.render import render
@@ -173,14 +205,19 @@ def measure_base_model(base_model_pipeline, prompts_test: list[str], world: Worl
         "ideal_renders": attribute_accuracy(renders, prompts),
         "ideal_renders_through_vae": attribute_accuracy(vae_round_trip(base_model_pipeline.vae, renders), prompts),
     }
+    if pairs.second_generator.candidates_per_prompt:
+        report["second_generator"] = _accuracy_of(second_generator, prompts_test, w, b)
     log.info("Base model on the test prompts: %s", report["base_model"])
     return report
 
 
-def sample_candidates(base_model_pipeline, prompts_train: list[str], world: WorldParams, pairs: PairsParams):
-    """``pairs.candidates_per_prompt`` base-model images per training prompt, each with its own seed
-    and a guidance scale drawn from ``pairs.guidance_scales`` (the "generators" of the
-    ``model_0``/``model_1`` columns), as JPEG bytes."""
+def sample_candidates(base_model_pipeline, second_generator, prompts_train: list[str], world: WorldParams,
+                      pairs: PairsParams):
+    """``pairs.candidates_per_prompt`` images per training prompt, each with its own seed and a
+    guidance scale drawn from ``pairs.guidance_scales``; ``pairs.second_generator.candidates_per_prompt``
+    of them, chosen at random, drawn by the second generator, the rest by the base. The generator
+    and its guidance scale name the image's model in the ``model_0``/``model_1`` columns. Images
+    are JPEG bytes."""
     import pandas as pd
 
     from smpo_pipeline.models.sampling import SamplingProtocol, generate
@@ -188,21 +225,27 @@ def sample_candidates(base_model_pipeline, prompts_train: list[str], world: Worl
 
     w, p = world, pairs
     rng = np.random.default_rng(p.seed)
-    k = p.candidates_per_prompt
+    k, n = p.candidates_per_prompt, len(prompts_train)
     frame = pd.DataFrame({
-        "prompt_index": np.repeat(np.arange(len(prompts_train)), k),
-        "candidate": np.tile(np.arange(k), len(prompts_train)),
+        "prompt_index": np.repeat(np.arange(n), k),
+        "candidate": np.tile(np.arange(k), n),
         "caption": np.repeat(np.asarray(prompts_train, dtype=object), k),
-        "seed": rng.choice(2**31 - 1, size=k * len(prompts_train), replace=False),
-        "guidance": rng.choice(np.asarray(p.guidance_scales, dtype=float), size=k * len(prompts_train)),
+        "seed": rng.choice(2**31 - 1, size=k * n, replace=False),
+        "guidance": rng.choice(np.asarray(p.guidance_scales, dtype=float), size=k * n),
     })
-    # Generation is grouped by guidance scale (the pipeline takes one per call); each image still
-    # depends only on its own seed.
+    # Which candidates the second generator draws, per prompt (drawn after the seeds, so a world
+    # without it keeps every seed it had).
+    second = np.concatenate([rng.permutation(k) < p.second_generator.candidates_per_prompt for _ in range(n)]) \
+        if p.second_generator.candidates_per_prompt else np.zeros(k * n, dtype=bool)
+    frame["generator"] = np.where(second, SECOND_GENERATOR, BASE_GENERATOR)
+    models = {BASE_GENERATOR: base_model_pipeline, SECOND_GENERATOR: second_generator}
+    # Generation is grouped by generator and guidance scale (the pipeline takes one per call); each
+    # image still depends only on its own seed.
     jpegs = pd.Series(index=frame.index, dtype=object)
-    for g, group in frame.groupby("guidance"):
+    for (name, g), group in frame.groupby(["generator", "guidance"]):
         protocol = SamplingProtocol(p.steps, float(g), w.resolution)
-        images = generate(base_model_pipeline, list(group.caption), [int(s) for s in group.seed], protocol,
-                          p.batch_size, desc=f"candidates at guidance {g:g}")
+        images = generate(models[name], list(group.caption), [int(s) for s in group.seed], protocol,
+                          p.batch_size, desc=f"candidates of {name} at guidance {g:g}")
         jpegs[group.index] = [jpeg_bytes(image, p.jpeg_quality) for image in images]
     return frame.assign(jpg=jpegs)
 
@@ -230,16 +273,33 @@ def label_pairs_with_annotators(candidates, annotators: AnnotatorParams, pairs: 
     captions = [group.caption.iloc[0] for group in by_prompt]
     images = [list(group.jpg) for group in by_prompt]
     readings = [[read_image(decode_rgb(b)) for b in row] for row in images]
-    generators = [[f"tiny-sdxl-base@cfg{g:g}" for g in group.guidance] for group in by_prompt]
+    generators = [[f"{m}@cfg{g:g}" for m, g in zip(group.generator, group.guidance, strict=True)]
+                  for group in by_prompt]
     rng = np.random.default_rng(a.seed)
     chosen = candidate_pairs(len(by_prompt), p.candidates_per_prompt, p.pairs_per_prompt, rng)
     rows, summary = label_pairs(captions, readings, images, generators, chosen, population, rng, namespace=a.seed)
     n = len(chosen)
     shards = [to_table({k: v[s : s + p.rows_per_shard] for k, v in rows.items()})
               for s in range(0, n, p.rows_per_shard)]
-    summary = summary.as_dict() | {"shards": len(shards), "images": len(candidates)}
+    summary = summary.as_dict() | {"shards": len(shards), "images": len(candidates),
+                                   "second_generator": _second_generator_share(rows)}
     log.info("Annotations: %s", summary)
     return shards, summary
+
+
+def _second_generator_share(rows: dict[str, list]) -> dict[str, float | int]:
+    """Of the pairs that set the second generator against the base: how many, and the share of
+    their decided labels the second generator's image won."""
+    mixed = won = decided = 0
+    for m0, m1, l0, l1 in zip(rows["model_0"], rows["model_1"], rows["label_0"], rows["label_1"], strict=True):
+        first, other = m0.startswith(SECOND_GENERATOR), m1.startswith(SECOND_GENERATOR)
+        if first == other:
+            continue
+        mixed += 1
+        if l0 != l1:
+            decided += 1
+            won += (l0 > l1) == first
+    return {"mixed_pairs": mixed, "win_share": round(won / decided, 4) if decided else None}
 
 
 def write_raw_manifest(base_model, pickapic_raw, prompts_train: list[str], prompts_validation: list[str],
@@ -275,6 +335,11 @@ def write_bootstrap_report(vae_metrics: dict, unet_metrics: dict, base_model_acc
         f"Annotators: ties {annotation_summary['tie_share']:.1%} of pairs, disagree with the oracle on "
         f"{annotation_summary['disagreement_with_oracle']:.1%} of the non-tie pairs",
     ]
+    if second := base_model_accuracy.get("second_generator"):
+        mixed = annotation_summary["second_generator"]
+        lines.append(f"Second generator on the test prompts: mean shapes-oracle reward {second['mean_oracle_reward']:.3f}; "
+                     f"it wins {mixed['win_share']:.0%} of the decided labels of the {mixed['mixed_pairs']} pairs "
+                     "that set it against the base")
     for line in lines:
         print(line)  # noqa: T201 - the figures the bootstrap is judged by, on the console
         log.info(line)

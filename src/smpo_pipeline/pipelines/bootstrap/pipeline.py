@@ -1,5 +1,5 @@
-"""build prompt sets → train tokenizer → train VAE → train base model → measure it →
-sample candidate images → label pairs of them with annotators → report."""
+"""build prompt sets → train tokenizer → train VAE → train base model → train a second generator →
+measure them → sample candidate images → label pairs of them with annotators → report."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,6 +11,7 @@ from smpo_pipeline.pipelines.bootstrap.nodes import (
     train_base_model,
     train_base_vae,
     train_prompt_tokenizer,
+    train_second_generator,
     write_bootstrap_report,
     write_raw_manifest,
 )
@@ -27,9 +28,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(train_base_model,
                  ["base_vae", "tokenizer", "prompts_train", "prompts_validation", "params:world", "params:base_model"],
                  ["base_model", "base_unet_metrics"], name="train_base_model"),
-            Node(measure_base_model, ["base_model", "prompts_test", "params:world", "params:base_model"],
+            Node(train_second_generator,
+                 ["base_model", "prompts_train", "params:world", "params:base_model", "params:pairs"],
+                 "second_generator", name="train_second_generator"),
+            Node(measure_base_model, ["base_model", "second_generator", "prompts_test", "params:world",
+                                      "params:base_model", "params:pairs"],
                  "base_model_accuracy", name="measure_base_model"),
-            Node(sample_candidates, ["base_model", "prompts_train", "params:world", "params:pairs"],
+            Node(sample_candidates, ["base_model", "second_generator", "prompts_train", "params:world", "params:pairs"],
                  "candidate_images", name="sample_candidates"),
             Node(label_pairs_with_annotators, ["candidate_images", "params:annotators", "params:pairs"],
                  ["pickapic_raw", "annotation_summary"], name="label_pairs_with_annotators"),
