@@ -36,7 +36,8 @@ from pathlib import Path
 
 def batch_gradients(setup: dict, base_unet, batches: int, accumulate: int, seed: int):
     """[K, P] independent gradients at the base model (float32), K = ``batches``, each the mean of
-    ``accumulate`` micro-batch gradients, drawn as ``trainer.PairLoss`` draws a step's batches."""
+    ``accumulate`` micro-batch gradients, drawn as ``trainer.PairLoss`` draws a step's batches; and
+    the (name, size) of the P columns' parameters, in order."""
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -46,7 +47,8 @@ def batch_gradients(setup: dict, base_unet, batches: int, accumulate: int, seed:
     loss_of = PairLoss(setup["data"], setup["config"], setup["inversion"], setup["schedule"])
     policy = copy.deepcopy(base_unet).train()
     reference = copy.deepcopy(base_unet).eval().requires_grad_(False)
-    weights = [p for p in policy.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in policy.named_parameters() if p.requires_grad]
+    weights = [p for _, p in named]
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     rows = []
     for _ in tqdm(range(batches), desc=setup["config"].objective, leave=False):
@@ -55,7 +57,7 @@ def batch_gradients(setup: dict, base_unet, batches: int, accumulate: int, seed:
             loss, _ = loss_of(policy, reference, rng, generator)
             g += torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, weights)]).double() / accumulate
         rows.append(g.float())
-    return torch.stack(rows)
+    return torch.stack(rows), [(name, p.numel()) for name, p in named]
 
 
 def signal_statistics(gram, n: int) -> dict:
@@ -76,6 +78,47 @@ def jackknife_rho(gram, n: int) -> float:
     k = gram.shape[0]
     values = np.array([signal_statistics(np.delete(np.delete(gram, i, 0), i, 1), n)["rho"] for i in range(k)])
     return float(np.sqrt((k - 1) / k * ((values - values.mean()) ** 2).sum()))
+
+
+# Parameter groups of a diffusers UNet2DConditionModel, by what they do: the first pattern that a
+# parameter's name contains names its group.
+KINDS = (("cross-attention k, v (the text's entry)", ("attn2.to_k", "attn2.to_v")),
+         ("cross-attention q, out", ("attn2.",)),
+         ("self-attention", ("attn1.",)),
+         ("transformer feed-forward", ("ff.",)),
+         ("transformer norms, projections", ("attentions.",)),
+         ("time and pooled-text embeddings", ("time_embedding", "add_embedding", "time_emb_proj")),
+         ("convolutions, norms (ResNets, resampling, in/out)", ("",)))
+
+
+def parameter_groups(named_sizes: list[tuple[str, int]]) -> dict[str, list[tuple[int, int]]]:
+    """(start, end) column ranges of each group of a flattened gradient, by kind (``KINDS``) and by
+    level (the name's first two parts: ``down_blocks.0``, ``mid_block`` …)."""
+    groups: dict[str, list[tuple[int, int]]] = {}
+    start = 0
+    for name, size in named_sizes:
+        kind = next(label for label, patterns in KINDS if any(p in name for p in patterns))
+        parts = name.split(".")
+        level = ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
+        for key in (f"kind: {kind}", f"level: {level}"):
+            groups.setdefault(key, []).append((start, start + size))
+        start += size
+    return groups
+
+
+def group_statistics(g, groups: dict[str, list[tuple[int, int]]], n: int) -> dict[str, dict]:
+    """``signal_statistics`` of each group's columns of the batch gradients g [K, P], with the
+    group's share of the parameters and of the whole gradient's ‖μ‖²."""
+    import torch
+
+    total = signal_statistics((g.double() @ g.double().T).numpy(), n)["signal"]
+    out = {}
+    for key, ranges in groups.items():
+        part = torch.cat([g[:, a:b] for a, b in ranges], dim=1).double()
+        stats = signal_statistics((part @ part.T).numpy(), n)
+        out[key] = stats | {"parameters": part.shape[1], "parameter_share": part.shape[1] / g.shape[1],
+                            "signal_share": stats["signal"] / total if total > 0 else float("nan")}
+    return out
 
 
 def cosine(a, b, gram_a, gram_b) -> float:
@@ -99,6 +142,8 @@ def main() -> None:
     parser.add_argument("--accumulate", type=int, default=8,
                         help="micro-batches averaged into each of the K gradients (n = batch_size × this)")
     parser.add_argument("--only", nargs="*", help="measure only these configuration names")
+    parser.add_argument("--groups", action="store_true",
+                        help="also ρ of each parameter group (by kind and by level) and its share of the signal")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reports/sweeps")
     args = parser.parse_args()
@@ -117,7 +162,7 @@ def main() -> None:
         setup = run_setup(config, args.seed, chain, params)
         n = setup["config"].batch_size * args.accumulate
         start = time.perf_counter()
-        g = batch_gradients(setup, base, args.batches, args.accumulate, args.seed)
+        g, named_sizes = batch_gradients(setup, base, args.batches, args.accumulate, args.seed)
         seconds = (time.perf_counter() - start) / args.batches
         gram = (g.double() @ g.double().T).numpy()
         stats = signal_statistics(gram, n)
@@ -128,10 +173,15 @@ def main() -> None:
         results[config["name"]] = stats | {"rho_standard_error": se, "pairs_per_batch": n, "batches": args.batches,
                                            "seed": args.seed, "cosine": {first[0]: cos}, "seconds_per_batch": seconds,
                                            "config": config}
+        if args.groups:
+            results[config["name"]]["groups"] = group_statistics(g, parameter_groups(named_sizes), n)
         path.write_text(json.dumps(results, indent=1))
         need = f"{1 / rho:,.0f}" if rho > 0 else "—"
         print(f"{config['name']:<22} {n:>11} {rho:>9.2e} {se:>8.1e} {need:>15} "
               f"{256 * rho / (1 + 256 * rho) if rho > 0 else 0.0:>19.1%} {cos:>12.2f} {seconds:>7.2f}", flush=True)
+        for key, group in results[config["name"]].get("groups", {}).items():
+            print(f"    {key:<58} {group['parameter_share']:>6.1%} of the weights, {group['signal_share']:>7.1%} "
+                  f"of ‖μ‖², rho {group['rho']:>9.2e}")
 
 
 if __name__ == "__main__":
