@@ -122,3 +122,13 @@ def test_the_second_generators_share_counts_mixed_pairs_and_their_decided_labels
     # the last three pairs are mixed; the tie is not decided; the second generator wins one of the other two
     assert _second_generator_share(rows) == {"mixed_pairs": 3, "win_share": 0.5}
     assert _second_generator_share({k: v[:2] for k, v in rows.items()}) == {"mixed_pairs": 0, "win_share": None}
+
+
+def test_without_second_generator_candidates_nothing_is_trained_and_the_base_draws_every_candidate():
+    from smpo_pipeline.datasets.diffusers_pipeline import NotTrained
+    from smpo_pipeline.params import BaseModelParams, PairsParams, WorldParams
+    from smpo_pipeline.pipelines.bootstrap.nodes import train_second_generator
+
+    pairs = PairsParams(candidates_per_prompt=4, pairs_per_prompt=6)  # second_generator.candidates_per_prompt: 0
+    marker = train_second_generator(object(), ["a prompt"], WorldParams(), BaseModelParams(), pairs)
+    assert isinstance(marker, NotTrained) and "candidates_per_prompt is 0" in marker.reason

@@ -130,15 +130,17 @@ def train_second_generator(base_model_pipeline, prompts_train: list[str], world:
     """The second generator of ``pairs.second_generator``: a copy of the base (UNet and both text
     encoders) trained further on renders of the training prompts under their true captions, the
     base's own recipe otherwise (its noise schedule, Min-SNR-γ, EMA). Without second-generator
-    candidates it is the base itself, untrained."""
+    candidates nothing is trained, and a marker is saved rather than a copy of the base."""
     import copy
 
+    from smpo_pipeline.datasets.diffusers_pipeline import NotTrained
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
     from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
 
     g = pairs.second_generator
     if not g.candidates_per_prompt:
-        return base_model_pipeline
+        return NotTrained("second_generator", "pairs.second_generator.candidates_per_prompt is 0: the base draws "
+                                              "every candidate")
     pipe, u = base_model_pipeline, g.training
     config = PretrainConfig(
         steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
