@@ -153,9 +153,7 @@ REDUCED = {
         "evaluation": {"steps": 2},
         "evaluation_seeds_per_prompt": 1,
     },
-    "pairs": {"steps": 2, "rows_per_shard": 5, "candidates_per_prompt": 3, "pairs_per_prompt": 2,
-              "second_generator": {"candidates_per_prompt": 1,
-                                   "training": {"steps": 2, "batch_size": 8, "renders_per_prompt": 1}}},
+    "pairs": {"steps": 2, "rows_per_shard": 5, "candidates_per_prompt": 3, "pairs_per_prompt": 2},
     "reward_model": {"training": {"steps": 20, "batch_size": 16, "warmup_steps": 2}, "checkpoint_every": 10,
                      "bootstrap_samples": 200},
 }

@@ -34,12 +34,7 @@ def test_bootstrap_writes_pickapic_v2_shards(bootstrapped):
     assert len(rows) == 24 and all(row["num_example_per_prompt"] == 2 for row in rows)
     uids = {row[f"image_{k}_uid"] for row in rows for k in (0, 1)}
     assert 24 < len(uids) <= 36  # 3 candidates a prompt, each with one uid in every row it appears in
-    # One of each prompt's 3 candidates is the second generator's, and each image names its model
-    # (Pick-a-Pic's model_0 / model_1).
-    models = {row[f"model_{k}"] for row in rows for k in (0, 1)}
-    assert models == {"tiny-sdxl-base@cfg3", "tiny-sdxl-recaptioned@cfg3"}
-    by_uid = {row[f"image_{k}_uid"]: row[f"model_{k}"] for row in rows for k in (0, 1)}
-    assert all(by_uid[row[f"image_{k}_uid"]] == row[f"model_{k}"] for row in rows for k in (0, 1))
+    assert {row[f"model_{k}"] for row in rows for k in (0, 1)} == {"tiny-sdxl-base@cfg3"}  # one generator
     for row in rows:
         assert (row["label_0"], row["label_1"]) in {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
         assert row["jpg_0"][:2] == b"\xff\xd8" and row["jpg_1"][:2] == b"\xff\xd8"  # JPEG SOI
@@ -67,15 +62,52 @@ def test_bootstrap_saves_a_loadable_base_model_and_a_report(bootstrapped):
     through = report["test_prompts"]["ideal_renders_through_vae"]["mean_oracle_reward"]
     assert through < report["test_prompts"]["ideal_renders"]["mean_oracle_reward"]
     assert report["annotations"]["pairs"] == 24 and report["annotations"]["images"] == 36
-    mixed = report["annotations"]["second_generator"]
-    # two of a prompt's three possible pairs set the models against each other: at least one of its two
-    assert 12 <= mixed["mixed_pairs"] <= 24 and (mixed["win_share"] is None or 0 <= mixed["win_share"] <= 1)
-    assert set(report["test_prompts"]["second_generator"]["accuracy"]) == set(report["test_prompts"]["base_model"]["accuracy"])
+    assert report["annotations"]["second_generator"] == {"mixed_pairs": 0, "win_share": None}
+    assert "second_generator" not in report["test_prompts"]
+    assert (bootstrapped / "data/02_intermediate/second_generator/not_trained.json").is_file()  # no copy of the base
     assert set(report["unet"]["caption_mistake_shares"]) == {"swap_colors", "position", "color", "shape", "size"}
     assert [point["step"] for point in report["unet"]["validation_curve"]] == [3]
     manifest = json.loads((bootstrapped / "data/01_raw/MANIFEST.json").read_text())
     assert "base_model/unet/diffusion_pytorch_model.safetensors" in manifest["files"]
     assert manifest_problems(bootstrapped / "data/01_raw", manifest["files"]) == []
+
+
+@pytest.fixture(scope="module")
+def two_generators(tmp_path_factory):
+    """The reduced bootstrap with one of each prompt's 3 candidates drawn by a second generator."""
+    from tests.conftest import REDUCED, make_kedro_project, run_kedro
+
+    project = make_kedro_project(tmp_path_factory.mktemp("two_generators") / "project")
+    pairs = REDUCED["pairs"] | {"second_generator": {"candidates_per_prompt": 1,
+                                                     "training": {"steps": 2, "batch_size": 8, "renders_per_prompt": 1}}}
+    run_kedro(project, ["bootstrap"], REDUCED | {"pairs": pairs})
+    return project
+
+
+@pytest.mark.slow
+def test_a_second_generator_draws_part_of_the_candidates_and_is_reported(two_generators):
+    from diffusers import StableDiffusionXLPipeline
+
+    shards = sorted((two_generators / "data/01_raw/pickapic").glob("*.parquet"))
+    rows = pq.ParquetDataset([str(s) for s in shards]).read().to_pylist()
+    # Each image names its model (Pick-a-Pic's model_0 / model_1), the same in every row it is in.
+    assert {row[f"model_{k}"] for row in rows for k in (0, 1)} == {"tiny-sdxl-base@cfg3", "tiny-sdxl-recaptioned@cfg3"}
+    by_uid = {row[f"image_{k}_uid"]: row[f"model_{k}"] for row in rows for k in (0, 1)}
+    assert all(by_uid[row[f"image_{k}_uid"]] == row[f"model_{k}"] for row in rows for k in (0, 1))
+    per_prompt = {}
+    for uid, model in by_uid.items():
+        caption = next(r["caption"] for r in rows if uid in (r["image_0_uid"], r["image_1_uid"]))
+        per_prompt.setdefault(caption, []).append(model)
+    assert all(models.count("tiny-sdxl-recaptioned@cfg3") <= 1 for models in per_prompt.values())
+    report = json.loads((two_generators / "reports/bootstrap.json").read_text())
+    mixed = report["annotations"]["second_generator"]
+    # two of a prompt's three possible pairs set the models against each other: at least one of its two
+    assert 12 <= mixed["mixed_pairs"] <= 24 and (mixed["win_share"] is None or 0 <= mixed["win_share"] <= 1)
+    assert set(report["test_prompts"]["second_generator"]["accuracy"]) == set(report["test_prompts"]["base_model"]["accuracy"])
+    # The second generator is a stock diffusers pipeline, trained away from the base.
+    second = StableDiffusionXLPipeline.from_pretrained(two_generators / "data/02_intermediate/second_generator")
+    base = StableDiffusionXLPipeline.from_pretrained(two_generators / "data/01_raw/base_model")
+    assert not all(bool((a == b).all()) for a, b in zip(second.unet.parameters(), base.unet.parameters(), strict=True))
 
 
 def test_the_manifest_names_an_altered_a_missing_and_an_unlisted_file(bootstrapped, tmp_path):
