@@ -155,7 +155,7 @@ class SecondGeneratorParams(_Section):
 
     candidates_per_prompt: int = Field(0, ge=0)  # of pairs.candidates_per_prompt; 0: the base draws all
     training: UNetTrainingParams = UNetTrainingParams(
-        steps=600, batch_size=32, learning_rate=1e-4, warmup_steps=0, cosine_decay=True)
+        steps=1000, batch_size=32, learning_rate=1e-4, warmup_steps=0, cosine_decay=True)
 
 
 class PairsParams(_Section):

@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from smpo_pipeline.params import AnnotatorParams, BaseModelParams, PairsParams, RawDataParams, WorldParams
+from smpo_pipeline.params import (
+    AnnotatorParams,
+    BaseModelParams,
+    PairsParams,
+    RawDataParams,
+    UNetTrainingParams,
+    WorldParams,
+)
 
 log = logging.getLogger(__name__)
 ATTRIBUTES = ("background", "color", "position", "size", "shape")
@@ -73,6 +80,17 @@ def train_base_vae(prompts_train: list[str], world: WorldParams, base_model: Bas
     return result.vae, metrics
 
 
+def _pretrain_config(u: UNetTrainingParams, seed: int, schedule: dict, checkpoint_every: int = 0):
+    """``training.pretraining.PretrainConfig`` of a ``UNetTrainingParams`` section."""
+    from smpo_pipeline.training.pretraining import PretrainConfig
+
+    return PretrainConfig(
+        steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
+        grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
+        renders_per_prompt=u.renders_per_prompt, seed=seed, min_snr_gamma=u.min_snr_gamma,
+        cosine_decay=u.cosine_decay, checkpoint_every=checkpoint_every, noise_schedule=schedule)
+
+
 def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validation: list[str], world: WorldParams,
                      base_model: BaseModelParams):
     """UNet + both text encoders trained from scratch on renders of the training prompts under
@@ -88,7 +106,7 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
         count_parameters,
         make_noise_schedule,
     )
-    from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
+    from smpo_pipeline.training.pretraining import train_unet_and_text_encoders
     from smpo_pipeline.world.captions import web_captions
 
     w, b = world, base_model
@@ -107,11 +125,7 @@ def train_base_model(vae, tokenizer, prompts_train: list[str], prompts_validatio
         curve.append({"step": step} | _accuracy_of(pipe, prompts_validation[:48], w, b))
         log.info("base model at step %d on 48 validation prompts: %s", step, curve[-1])
 
-    config = PretrainConfig(
-        steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
-        grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
-        renders_per_prompt=u.renders_per_prompt, seed=b.seed, min_snr_gamma=u.min_snr_gamma,
-        cosine_decay=u.cosine_decay, checkpoint_every=u.curve_every, noise_schedule=schedule)
+    config = _pretrain_config(u, b.seed, schedule, checkpoint_every=u.curve_every)
     result = train_unet_and_text_encoders(vae, unet, text_encoders, tokenizer, prompts_train, w.resolution, config,
                                           captions=captions, on_checkpoint=measure)
     pipe = assemble_pipeline(vae, *result.text_encoders, tokenizer, result.unet, build_sampling_scheduler(schedule))
@@ -135,18 +149,14 @@ def train_second_generator(base_model_pipeline, prompts_train: list[str], world:
 
     from smpo_pipeline.datasets.diffusers_pipeline import NotTrained
     from smpo_pipeline.models.tiny_sdxl import noise_schedule
-    from smpo_pipeline.training.pretraining import PretrainConfig, train_unet_and_text_encoders
+    from smpo_pipeline.training.pretraining import train_unet_and_text_encoders
 
     g = pairs.second_generator
     if not g.candidates_per_prompt:
         return NotTrained("second_generator", "pairs.second_generator.candidates_per_prompt is 0: the base draws "
                                               "every candidate")
     pipe, u = base_model_pipeline, g.training
-    config = PretrainConfig(
-        steps=u.steps, batch_size=u.batch_size, learning_rate=u.learning_rate, warmup_steps=u.warmup_steps,
-        grad_clip=u.grad_clip, ema_decay=u.ema_decay, caption_dropout=u.caption_dropout, offset_noise=u.offset_noise,
-        renders_per_prompt=u.renders_per_prompt, seed=pairs.seed, min_snr_gamma=u.min_snr_gamma,
-        cosine_decay=u.cosine_decay, noise_schedule=noise_schedule(pipe))
+    config = _pretrain_config(u, pairs.seed, noise_schedule(pipe))
     result = train_unet_and_text_encoders(
         pipe.vae, copy.deepcopy(pipe.unet), (copy.deepcopy(pipe.text_encoder), copy.deepcopy(pipe.text_encoder_2)),
         pipe.tokenizer, prompts_train, world.resolution, config)
